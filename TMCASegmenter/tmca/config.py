@@ -1,0 +1,93 @@
+"""Model configuration: architecture, ablation switches and preprocessing, with a JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from tmca.errors import TMCAError
+
+ENCODERS = ("efficientnet_lite0", "convnext_tiny", "small")
+LEVELS = (1, 2, 3, 4)
+
+
+@dataclass
+class TMCAConfig:
+    """Everything needed to rebuild a TMCA network (the weights live beside it).
+
+    Ablation switches (TMCA_SPEC.md): ``tsd`` (off: global pooling and a plain cosine),
+    ``multilevel`` (off: level 4 only), ``lgte`` (off: plain cross-attention),
+    ``text`` (off: image-only U-Net with the same encoder and decoder).
+    """
+
+    spatial_dims: int = 2
+    in_channels: int = 1
+    image_size: int = 224
+    encoder: str = "efficientnet_lite0"
+    encoder_pretrained: bool = True
+    encoder_weights: str | None = None
+    text_encoder: str = "minilm"
+    max_length: int = 64
+    embed_dim: int = 256
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)
+    lgte_heads: int = 4
+    align_levels: tuple[int, ...] = LEVELS
+    level_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    beta: float = 0.5
+    tau_init: float = 0.07
+    margin: float = 0.2
+    lambda_align: float = 0.1
+    lambda_ds: float = 0.1
+    tsd: bool = True
+    multilevel: bool = True
+    lgte: bool = True
+    text: bool = True
+    intensity_policy: dict[str, Any] = field(default_factory=dict)
+    training_summary: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
+        self.align_levels = tuple(int(level) for level in self.align_levels)
+        self.level_weights = tuple(float(w) for w in self.level_weights)
+        self.validate()
+
+    @property
+    def active_align_levels(self) -> tuple[int, ...]:
+        """Encoder levels that take part in the contrastive alignment (level 4 only without ``multilevel``)."""
+        if not self.text:
+            return ()
+        return self.align_levels if self.multilevel else (4,)
+
+    def level_weight(self, level: int) -> float:
+        return self.level_weights[level - 1]
+
+    def validate(self) -> None:
+        problems = []
+        if self.spatial_dims not in (2, 3):
+            problems.append(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
+        if self.encoder not in ENCODERS:
+            problems.append(f"encoder must be one of {', '.join(ENCODERS)}, not {self.encoder!r}")
+        if len(self.decoder_channels) != 5:
+            problems.append("decoder_channels needs 5 widths (strides 16, 8, 4, 2, 1)")
+        if any(c % self.lgte_heads for c in self.decoder_channels[:3]):
+            problems.append(f"decoder widths at strides 16, 8, 4 must be divisible by lgte_heads={self.lgte_heads}")
+        if not set(self.align_levels) <= set(LEVELS) or not self.align_levels:
+            problems.append(f"align_levels must be a non-empty subset of {LEVELS}")
+        if len(self.level_weights) != 4:
+            problems.append("level_weights needs 4 values")
+        if self.image_size % 32:
+            problems.append(f"image_size must be a multiple of 32, not {self.image_size}")
+        if problems:
+            raise TMCAError("invalid model configuration: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TMCAConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TMCAError(f"unknown model configuration keys: {', '.join(unknown)}; is the model from a newer tmca?")
+        return cls(**values)

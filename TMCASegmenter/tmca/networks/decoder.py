@@ -1,0 +1,96 @@
+"""U-shaped decoder with text blocks at strides 16, 8, 4 and light stages at strides 2 and 1."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tmca.networks.blocks import conv_block
+from tmca.networks.lgte import LanguageGuidedTargetEnhancement, PlainCrossAttentionBlock
+from tmca.networks.tsd import LevelEmbedding
+
+# Decoder stage -> encoder level whose projections guide it (strides 16, 8, 4).
+GUIDED_LEVELS = (3, 2, 1)
+
+
+class UpStage(nn.Module):
+    """Upsample x2 to the skip's grid, concatenate the skip, then ``depth`` convolution blocks."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int, depth: int) -> None:
+        super().__init__()
+        blocks = [conv_block(spatial_dims, in_channels + skip_channels, out_channels)]
+        blocks += [conv_block(spatial_dims, out_channels, out_channels) for _ in range(depth - 1)]
+        self.convs = nn.Sequential(*blocks)
+        self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False)
+        return self.convs(torch.cat([x, skip], dim=1))
+
+
+class TMCADecoder(nn.Module):
+    """features [S, F1, F2, F3, F4] (strides 2..32) + image (B, C_in, *full) -> logits (B, 1, *full).
+
+    ``text_mode``: "lgte" (full TMCA), "cross_attention" (the lgte ablation) or None (image only).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        encoder_channels: Sequence[int],
+        decoder_channels: Sequence[int],
+        embed_dim: int,
+        text_channels: int,
+        heads: int,
+        text_mode: str | None,
+    ) -> None:
+        super().__init__()
+        s2, f1, f2, f3, f4 = encoder_channels
+        c16, c8, c4, c2, c1 = decoder_channels
+        self.stages = nn.ModuleList(
+            [
+                UpStage(spatial_dims, f4, f3, c16, depth=2),
+                UpStage(spatial_dims, c16, f2, c8, depth=2),
+                UpStage(spatial_dims, c8, f1, c4, depth=2),
+                UpStage(spatial_dims, c4, s2, c2, depth=1),
+                UpStage(spatial_dims, c2, c1, c1, depth=1),
+            ]
+        )
+        self.input_conv = conv_block(spatial_dims, in_channels, c1)
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.head = conv(c1, 1, kernel_size=1)
+        self.text_mode = text_mode
+        if text_mode == "lgte":
+            block = LanguageGuidedTargetEnhancement
+        elif text_mode == "cross_attention":
+            block = PlainCrossAttentionBlock
+        elif text_mode is None:
+            block = None
+        else:
+            raise ValueError(f"unknown text_mode {text_mode!r}")
+        self.text_blocks = nn.ModuleList(block(c, embed_dim, text_channels, heads) for c in (c16, c8, c4)) if block else None
+
+    def forward(
+        self,
+        features: Sequence[torch.Tensor],
+        image: torch.Tensor,
+        embeddings: dict[int, LevelEmbedding] | None = None,
+        sentence: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Returns logits (B, 1, *full) and the relevance logits of the LGTE stages (coarse to fine)."""
+        s2, f1, f2, f3, f4 = features
+        x = f4
+        relevance: list[torch.Tensor] = []
+        for index, skip in enumerate((f3, f2, f1)):
+            x = self.stages[index](x, skip)
+            if self.text_blocks is not None:
+                x, logits = self.text_blocks[index](x, embeddings[GUIDED_LEVELS[index]], sentence)
+                if logits is not None:
+                    relevance.append(logits)
+        x = self.stages[3](x, s2)
+        x = self.stages[4](x, self.input_conv(image))
+        return self.head(x), relevance

@@ -1,0 +1,96 @@
+"""Checkpoint folders: round trip, hash verification, no pickle."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tmca.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
+from tmca.errors import TMCAError
+from tmca.networks.tmca_net import TMCANet
+
+
+@pytest.fixture
+def saved(tmp_path, small_config, text_encoder):
+    torch.manual_seed(1)
+    model = TMCANet(small_config(), text_encoder).eval()
+    with torch.no_grad():
+        for parameter in model.trainable_parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))  # make sure weights are not the init
+    folder = save_checkpoint(tmp_path / "ckpt", model, extra={"training": {"epochs": 1}})
+    return model, folder
+
+
+def test_round_trip_gives_identical_outputs(saved, text_encoder):
+    model, folder = saved
+    loaded, config = load_checkpoint(folder, text_encoder=text_encoder)
+    image = torch.rand(2, 1, 64, 64)
+    reports = ["nodule in the upper left lung", "two infected areas"]
+    with torch.no_grad():
+        assert torch.equal(model(image, reports).logits, loaded(image, reports).logits)
+    assert config["training"] == {"epochs": 1}
+    assert loaded.config == model.config
+
+
+def test_checkpoint_files_and_manifest(saved):
+    _, folder = saved
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"config.json", "model.safetensors"}
+    assert {"tmca", "torch", "monai", "transformers"} <= set(manifest["versions"])
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+        assert not any(key.startswith("text_encoder.") for key in weights.keys())  # referenced, not copied
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model"]["text_encoder"] == "minilm"
+
+
+def test_tampered_weights_are_refused(saved):
+    _, folder = saved
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(TMCAError, match="does not match its sha256"):
+        load_checkpoint(folder)
+
+
+def test_truncated_and_incomplete_folders_are_refused(saved, tmp_path):
+    _, folder = saved
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TMCAError, match="sha256"):
+        verify_checkpoint(folder)
+    (folder / "manifest.json").unlink()
+    with pytest.raises(TMCAError, match="missing manifest.json"):
+        verify_checkpoint(folder)
+    with pytest.raises(TMCAError, match="not found"):
+        verify_checkpoint(tmp_path / "nowhere")
+
+
+def test_edited_config_is_refused(saved):
+    _, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["embed_dim"] = 64
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TMCAError, match="config.json does not match"):
+        load_checkpoint(folder)
+
+
+def test_saving_over_an_existing_checkpoint_replaces_it_whole(saved, small_config, text_encoder):
+    model, folder = saved
+    other = TMCANet(small_config(), text_encoder)
+    save_checkpoint(folder, other)
+    verify_checkpoint(folder)
+    assert not list(folder.parent.glob(".ckpt*"))  # no staging or backup folders left
+
+
+def test_info_json_has_the_documented_keys():
+    result = subprocess.run([sys.executable, "-m", "tmca.cli", "info", "--json"], capture_output=True, text=True, check=True)
+    info = json.loads(result.stdout)
+    assert {"version", "torch", "devices", "default_model"} <= set(info)
+    assert info["devices"][0]["type"] == "cpu"

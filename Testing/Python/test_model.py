@@ -1,0 +1,140 @@
+"""The TMCA network: shapes, gradient flow, frozen text encoder, ablation switches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tmca.config import TMCAConfig
+from tmca.errors import TMCAError
+from tmca.losses import TMCALoss
+from tmca.networks.decoder import TMCADecoder
+from tmca.networks.lgte import LanguageGuidedTargetEnhancement, PlainCrossAttentionBlock
+from tmca.networks.tmca_net import TMCANet
+
+REPORTS = ["Small nodule in the upper left lung.", "Large nodule in the lower right lung."]
+
+
+def _mask(shape) -> torch.Tensor:
+    mask = torch.zeros(shape)
+    mask[..., 8:24, 8:24] = 1.0
+    return mask
+
+
+@pytest.mark.parametrize(
+    "encoder,spatial_dims,size",
+    [("small", 2, 64), ("efficientnet_lite0", 2, 64), ("convnext_tiny", 2, 64), ("small", 3, 32), ("efficientnet_lite0", 3, 32)],
+)
+def test_forward_shapes(encoder, spatial_dims, size, small_config, text_encoder):
+    config = small_config(encoder=encoder, spatial_dims=spatial_dims, image_size=max(size, 32), encoder_pretrained=False)
+    model = TMCANet(config, text_encoder).eval()
+    image = torch.rand((2, 1) + (size,) * spatial_dims)
+    with torch.no_grad():
+        output = model(image, REPORTS)
+    assert output.logits.shape == (2, 1) + (size,) * spatial_dims
+    assert [tuple(r.shape[2:]) for r in output.relevance] == [(size // 16,) * spatial_dims, (size // 8,) * spatial_dims, (size // 4,) * spatial_dims]
+    assert output.embeddings == {}  # alignment projections are training-only
+
+
+def test_pretrained_efficientnet_loads_imagenet_weights():
+    from tmca.networks.encoders import EfficientNetLite0Encoder
+
+    pretrained = EfficientNetLite0Encoder(pretrained=True)
+    random = EfficientNetLite0Encoder(pretrained=False)
+    assert not torch.equal(pretrained.stem.weight, random.stem.weight)
+    assert pretrained.stem.weight.shape == (32, 3, 3, 3)
+
+
+def test_gradients_reach_every_trainable_module_and_text_encoder_stays_frozen(small_config, text_encoder):
+    model = TMCANet(small_config(), text_encoder).train()
+    before = {k: v.clone() for k, v in text_encoder.state_dict().items()}
+    image = torch.rand(2, 1, 64, 64)
+    mask = _mask((2, 1, 64, 64))
+    output = model(image, REPORTS)
+    loss, stats = TMCALoss()(model, output, mask, REPORTS)
+    loss.backward()
+    no_grad = [name for name, p in model.named_parameters() if not name.startswith("text_encoder.") and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert no_grad == []
+    assert all(p.grad is None for p in text_encoder.parameters())
+    assert all(not p.requires_grad for p in text_encoder.parameters())
+    torch.optim.AdamW(model.parameters(), lr=1e-2).step()
+    after = text_encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not text_encoder.training
+    assert {"dice_loss", "bce", "align", "deep_supervision"} <= set(stats)
+
+
+def test_text_changes_the_output(small_config, text_encoder):
+    torch.manual_seed(0)
+    model = TMCANet(small_config(), text_encoder).eval()
+    image = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        a = model(image, REPORTS[:1]).logits
+        b = model(image, REPORTS[1:]).logits
+    assert not torch.allclose(a, b)
+
+
+def test_ablation_text_off_is_an_image_only_unet(small_config):
+    model = TMCANet(small_config(text=False)).eval()
+    assert not hasattr(model, "text_encoder") and not hasattr(model, "projections") and not hasattr(model, "alignment")
+    assert model.decoder.text_blocks is None
+    image = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(image, ["left"]).logits, model(image, ["right"]).logits)
+        assert torch.equal(model(image).logits, model(image, ["left"]).logits)
+
+
+def test_ablation_lgte_off_uses_plain_cross_attention(small_config, text_encoder):
+    model = TMCANet(small_config(lgte=False), text_encoder).eval()
+    assert all(isinstance(b, PlainCrossAttentionBlock) for b in model.decoder.text_blocks)
+    assert not any(isinstance(m, LanguageGuidedTargetEnhancement) for m in model.modules())
+    with torch.no_grad():
+        output = model(torch.rand(1, 1, 64, 64), REPORTS[:1])
+    assert output.relevance == []  # no relevance maps, no deep supervision
+    full = TMCANet(small_config(), text_encoder)
+    assert any(isinstance(m, LanguageGuidedTargetEnhancement) for m in full.modules())
+
+
+def test_ablation_multilevel_off_aligns_level_4_only(small_config, text_encoder):
+    model = TMCANet(small_config(multilevel=False), text_encoder).train()
+    output = model(torch.rand(2, 1, 64, 64), REPORTS)
+    assert set(output.embeddings) == {4}
+    full = TMCANet(small_config(), text_encoder).train()
+    assert set(full(torch.rand(2, 1, 64, 64), REPORTS).embeddings) == {1, 2, 3, 4}
+
+
+def test_ablation_tsd_off_ignores_the_target(small_config, text_encoder):
+    torch.manual_seed(0)
+    model = TMCANet(small_config(tsd=False), text_encoder).train()
+    output = model(torch.rand(2, 1, 64, 64), REPORTS)
+    first, stats = model.alignment(output.embeddings, _mask((2, 1, 64, 64)), REPORTS)
+    moved = torch.zeros(2, 1, 64, 64)
+    moved[..., 40:60, 40:60] = 1.0
+    second, _ = model.alignment(output.embeddings, moved, REPORTS)
+    assert torch.allclose(first, second)
+    assert not any(key.startswith("tb_") for key in stats)
+    full = TMCANet(small_config(), text_encoder).train()
+    output = full(torch.rand(2, 1, 64, 64), REPORTS)
+    a, stats = full.alignment(output.embeddings, _mask((2, 1, 64, 64)), REPORTS)
+    b, _ = full.alignment(output.embeddings, moved, REPORTS)
+    assert not torch.allclose(a, b)
+    assert any(key.startswith("tb_") for key in stats)
+
+
+def test_invalid_configuration_is_a_clear_error():
+    with pytest.raises(TMCAError, match="encoder must be one of"):
+        TMCAConfig(encoder="resnet")
+    with pytest.raises(TMCAError, match="multiple of 32"):
+        TMCAConfig(image_size=100)
+
+
+def test_convnext_is_2d_only():
+    from tmca.networks.encoders import build_encoder
+
+    with pytest.raises(TMCAError, match="2D only"):
+        build_encoder("convnext_tiny", 3, 1, 64, False, None)
+
+
+def test_decoder_rejects_unknown_text_mode():
+    with pytest.raises(ValueError):
+        TMCADecoder(2, 1, (16, 24, 32, 64, 128), (32, 16, 16, 8, 8), 32, 384, 4, "film")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import traceback
+import warnings
 
 from tmca import __version__
 from tmca.errors import TMCAError
@@ -31,9 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"tmca: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="tmca: %(levelname)s: %(message)s")
+    if not args.debug:
+        warnings.showwarning = _show_warning
     try:
         return int(args.run(args) or 0)
     except TMCAError as error:

@@ -19,6 +19,8 @@ class TMCAConfig:
     Ablation switches (TMCA_SPEC.md): ``tsd`` (off: global pooling and a plain cosine),
     ``multilevel`` (off: level 4 only), ``lgte`` (off: plain cross-attention),
     ``text`` (off: image-only U-Net with the same encoder and decoder).
+    ``modality`` is what the model was trained on, assumed for inputs without a modality tag;
+    ``plane`` is the slicing plane a 2D model was trained on, the default at inference.
     """
 
     spatial_dims: int = 2
@@ -43,6 +45,8 @@ class TMCAConfig:
     multilevel: bool = True
     lgte: bool = True
     text: bool = True
+    modality: str = "OT"
+    plane: str = "axial"
     intensity_policy: dict[str, Any] = field(default_factory=dict)
     training_summary: dict[str, Any] = field(default_factory=dict)
 
@@ -76,6 +80,8 @@ class TMCAConfig:
             problems.append(f"align_levels must be a non-empty subset of {LEVELS}")
         if len(self.level_weights) != 4:
             problems.append("level_weights needs 4 values")
+        if self.plane not in ("axial", "coronal", "sagittal"):
+            problems.append(f"plane must be axial, coronal or sagittal, not {self.plane!r}")
         if self.image_size % 32:
             problems.append(f"image_size must be a multiple of 32, not {self.image_size}")
         if problems:

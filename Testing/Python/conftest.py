@@ -26,3 +26,15 @@ def small_config():
         return TMCAConfig(**values)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, text_encoder):
+    """A small, randomly initialised TMCA checkpoint (real weights and format, not a stub)."""
+    from tmca.checkpoint import save_checkpoint
+    from tmca.config import TMCAConfig
+    from tmca.networks.tmca_net import TMCANet
+
+    torch.manual_seed(0)
+    config = TMCAConfig(encoder="small", encoder_pretrained=False, image_size=64, embed_dim=32, decoder_channels=(32, 16, 16, 8, 8))
+    return save_checkpoint(tmp_path_factory.mktemp("models") / "tiny", TMCANet(config, text_encoder))

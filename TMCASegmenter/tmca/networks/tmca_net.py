@@ -65,7 +65,16 @@ class TMCANet(nn.Module):
         return self.text_encoder(list(reports))
 
     def forward(self, image: torch.Tensor, text: Sequence[str] | TextFeatures | None = None, with_alignment: bool | None = None) -> TMCAOutput:
-        features = self.encoder(image)
+        return self.decode(self.encoder(image), image, text, with_alignment)
+
+    def decode(
+        self,
+        features: list[torch.Tensor],
+        image: torch.Tensor,
+        text: Sequence[str] | TextFeatures | None = None,
+        with_alignment: bool | None = None,
+    ) -> TMCAOutput:
+        """The text-dependent part: reuse one image's encoder ``features`` for several reports."""
         if not self.config.text:
             logits, _ = self.decoder(features, image)
             return TMCAOutput(logits)

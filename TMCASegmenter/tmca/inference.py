@@ -1,0 +1,305 @@
+"""The inference engine: load a model once, segment any scan from a report.
+
+``Segmenter(model=None, device="auto").segment(image, report)`` returns the findings' masks and
+probabilities on the input's exact grid. The Slicer module, the batch runner and the command line
+all go through this class.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from tmca.checkpoint import load_checkpoint
+from tmca.devices import resolve_device
+from tmca.errors import CancelledError, TMCAError
+from tmca.findings import Finding, segment_color, split_findings, tidy_text
+from tmca.imageio import LoadedImage, load_image
+from tmca.models import resolve_model
+from tmca.networks.text_encoder import TextFeatures
+from tmca.preprocess import normalize_intensity
+from tmca.segio import SegmentSpec
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int, str], None]
+PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}  # numpy (z, y, x) axis that slices walk along
+
+
+@dataclass
+class FindingRecord:
+    """One finding's outcome: the segment's name, the text the model saw, and what it found."""
+
+    name: str
+    text: str
+    label_value: int
+    voxels: int
+    volume_ml: float
+    components: int
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SegmentationResult:
+    """Per-finding probabilities (K, z, y, x) float32 on ``reference``'s grid and their thresholded masks."""
+
+    reference: sitk.Image
+    findings: list[Finding]
+    probabilities: np.ndarray
+    threshold: float
+    relevance: np.ndarray | None = None
+    masks: np.ndarray = field(init=False)
+    records: list[FindingRecord] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.masks = self.probabilities >= self.threshold
+        voxel_ml = float(np.prod(self.reference.GetSpacing())) / 1000.0
+        self.records = [
+            FindingRecord(
+                name=finding.name,
+                text=finding.text,
+                label_value=index + 1,
+                voxels=int(mask.sum()),
+                volume_ml=round(float(mask.sum()) * voxel_ml, 4),
+                components=int(ndimage.label(mask)[1]),
+            )
+            for index, (finding, mask) in enumerate(zip(self.findings, self.masks))
+        ]
+
+    def with_threshold(self, threshold: float) -> "SegmentationResult":
+        """The same probabilities cut at another threshold, without a new run."""
+        return SegmentationResult(self.reference, self.findings, self.probabilities, _check_threshold(threshold), self.relevance)
+
+    @property
+    def segments(self) -> list[SegmentSpec]:
+        return [SegmentSpec(record.name, segment_color(index)) for index, record in enumerate(self.records)]
+
+    @property
+    def labelmap(self) -> sitk.Image:
+        """uint8 label map (finding i -> i + 1; where findings overlap, the most probable wins)."""
+        best = np.argmax(self.probabilities, axis=0).astype(np.uint8) + 1
+        labels = np.where(self.masks.any(axis=0), best, 0).astype(np.uint8)
+        return _on_grid(labels, self.reference)
+
+    @property
+    def probability(self) -> sitk.Image:
+        """float32 probability image: scalar for one finding, one component per finding otherwise."""
+        return _on_grid(self.probabilities[0] if len(self.findings) == 1 else np.moveaxis(self.probabilities, 0, -1), self.reference)
+
+    @property
+    def relevance_image(self) -> sitk.Image | None:
+        if self.relevance is None:
+            return None
+        return _on_grid(self.relevance[0] if len(self.findings) == 1 else np.moveaxis(self.relevance, 0, -1), self.reference)
+
+
+def _on_grid(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(array, isVector=array.ndim == 4)
+    image.CopyInformation(reference)
+    return image
+
+
+def _check_threshold(threshold: float) -> float:
+    if not 0.0 < float(threshold) < 1.0:
+        raise TMCAError(f"threshold must be between 0 and 1 (exclusive), not {threshold}")
+    return float(threshold)
+
+
+class _Stopper:
+    """Turns a cancel flag (a callable or a threading.Event) into a prompt CancelledError."""
+
+    def __init__(self, cancel: Callable[[], bool] | threading.Event | None) -> None:
+        self.cancel = cancel
+
+    def check(self) -> None:
+        flag = self.cancel
+        if flag is not None and (flag.is_set() if isinstance(flag, threading.Event) else flag()):
+            raise CancelledError("cancelled by the user; nothing was written")
+
+
+class Segmenter:
+    """Load a TMCA checkpoint once and segment scans from their reports.
+
+    model: a checkpoint folder, a training run folder, or None for the bundled demo model.
+    device: "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps".
+    batch_size: slices per forward pass (None: 16 on CPU, 64 on a GPU).
+    """
+
+    def __init__(self, model: str | Path | None = None, device: str = "auto", batch_size: int | None = None) -> None:
+        self.model_path = resolve_model(model)
+        self.device = resolve_device(device)
+        self.model, self.checkpoint = load_checkpoint(self.model_path, self.device)
+        self.config = self.model.config
+        self.batch_size = batch_size or (16 if self.device.type == "cpu" else 64)
+        if self.batch_size < 1:
+            raise TMCAError(f"batch size must be at least 1, not {batch_size}")
+
+    def segment(
+        self,
+        image: sitk.Image | LoadedImage | str | Path,
+        report: str,
+        threshold: float = 0.5,
+        split_findings: bool = True,
+        progress: ProgressCallback | None = None,
+        cancel: Callable[[], bool] | threading.Event | None = None,
+        plane: str | None = None,
+        modality: str | None = None,
+        series_uid: str | None = None,
+        with_relevance: bool = False,
+    ) -> SegmentationResult:
+        """Segment every finding of ``report`` in ``image`` (a path, a SimpleITK image or a LoadedImage).
+
+        plane: the slicing plane of a 2D model (None: the plane it was trained on). modality:
+        overrides the image's own; an image without one is taken as the model's training modality.
+
+        progress(done, total, stage) is called as work advances; a cancel flag that becomes true
+        (or an exception from the callback) stops the work promptly with :class:`CancelledError`.
+        """
+        threshold = _check_threshold(threshold)
+        plane = plane or self.config.plane
+        if plane not in PLANE_AXIS:
+            raise TMCAError(f"unknown plane {plane!r}; choose axial, coronal or sagittal")
+        findings = _findings_of(report, split_findings)
+        stopper = _Stopper(cancel)
+        notify = progress or (lambda done, total, stage: None)
+        notify(0, 1, "loading")
+        loaded = self._load(image, modality, series_uid)
+        stopper.check()
+        notify(0, 1, "preprocessing")
+        modality_used = loaded.modality if loaded.modality != "OT" else self.config.modality
+        volume = normalize_intensity(sitk.GetArrayFromImage(loaded.image), modality_used, self.config.intensity_policy or None)
+        if loaded.was_2d:
+            plane = "axial"  # a single slice
+        texts = self._encode_findings(findings) if self.config.text else [None] * len(findings)
+        if self.config.spatial_dims == 2:
+            probabilities, relevance = self._run_slices(volume, texts, PLANE_AXIS[plane], with_relevance, notify, stopper)
+        else:
+            probabilities, relevance = self._run_volume(volume, texts, with_relevance, notify, stopper)
+        notify(1, 1, "postprocessing")
+        return SegmentationResult(loaded.image, findings, probabilities, threshold, relevance)
+
+    def _load(self, image, modality: str | None, series_uid: str | None) -> LoadedImage:
+        if isinstance(image, LoadedImage):
+            return image
+        if isinstance(image, sitk.Image):
+            if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+                raise TMCAError("pass a scalar 3D SimpleITK image (or a file path, which handles 2D, colour and DICOM)")
+            array = sitk.GetArrayViewFromImage(image)
+            if not np.isfinite(array).all():
+                raise TMCAError("the image contains NaN or infinite voxels; fix or mask them before segmenting")
+            if array.min() == array.max():
+                raise TMCAError("the image is constant (every voxel has the same value): there is nothing to segment")
+            return LoadedImage(sitk.Cast(image, sitk.sitkFloat32), (modality or "OT").upper(), "<image>", None, False, False)
+        return load_image(image, series_uid=series_uid, modality=modality)
+
+    def _encode_findings(self, findings: list[Finding]) -> list[TextFeatures]:
+        with torch.inference_mode():
+            features = [self.model.encode_text([finding.text]) for finding in findings]
+        for finding, feature in zip(findings, features):
+            if feature.truncated[0]:
+                warnings.warn(
+                    f"the finding {finding.name!r} is longer than the text encoder's {self.config.max_length} tokens; "
+                    "the rest was ignored",
+                    stacklevel=3,
+                )
+        return features
+
+    def _run_slices(self, volume, texts, axis, with_relevance, notify, stopper):
+        """2D model: walk the slices along ``axis`` in batches; the image encoder runs once per batch."""
+        slices = np.moveaxis(volume, axis, 0)  # (N, h, w) view
+        count, height, width = slices.shape
+        probabilities = np.zeros((len(texts), count, height, width), dtype=np.float32)
+        relevance = np.zeros_like(probabilities) if with_relevance else None
+        start, total = 0, count
+        notify(0, total, "segmenting")
+        while start < count:
+            stopper.check()
+            stop = min(start + self.batch_size, count)
+            try:
+                batch_probabilities, batch_relevance = self._predict_batch(slices[start:stop], texts, (height, width), with_relevance)
+            except torch.cuda.OutOfMemoryError:
+                self._shrink_after_out_of_memory()
+                continue
+            probabilities[:, start:stop] = batch_probabilities
+            if relevance is not None:
+                relevance[:, start:stop] = batch_relevance
+            start = stop
+            notify(start, total, "segmenting")
+        probabilities = np.moveaxis(probabilities, 1, axis + 1)
+        return np.ascontiguousarray(probabilities), None if relevance is None else np.ascontiguousarray(np.moveaxis(relevance, 1, axis + 1))
+
+    def _predict_batch(self, slices: np.ndarray, texts, size: tuple[int, int], with_relevance: bool):
+        model_size = (self.config.image_size,) * 2
+        with torch.inference_mode(), self._autocast():
+            x = torch.from_numpy(np.ascontiguousarray(slices)).to(self.device, torch.float32)[:, None]
+            x = F.interpolate(x, size=model_size, mode="bilinear", align_corners=False, antialias=True)
+            features = self.model.encoder(x)
+            probabilities, relevance = [], []
+            for text in texts:
+                output = self.model.decode(features, x, None if text is None else text.expand(x.shape[0]), with_alignment=False)
+                probabilities.append(_resize_sigmoid(output.logits, size))
+                if with_relevance:
+                    relevance.append(_resize_sigmoid(output.relevance[-1], size) if output.relevance else torch.zeros_like(probabilities[-1]))
+        return torch.stack(probabilities).cpu().numpy(), torch.stack(relevance).cpu().numpy() if with_relevance else None
+
+    def _run_volume(self, volume, texts, with_relevance, notify, stopper):
+        """3D model: the whole volume resized to the model's cube, one forward pass per finding."""
+        size = (self.config.image_size,) * 3
+        notify(0, len(texts), "segmenting")
+        probabilities, relevance = [], []
+        with torch.inference_mode(), self._autocast():
+            x = torch.from_numpy(volume).to(self.device, torch.float32)[None, None]
+            x = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+            features = self.model.encoder(x)
+            for done, text in enumerate(texts, start=1):
+                stopper.check()
+                output = self.model.decode(features, x, None if text is None else text, with_alignment=False)
+                probabilities.append(_resize_sigmoid(output.logits, volume.shape)[0])
+                if with_relevance:
+                    relevance.append(_resize_sigmoid(output.relevance[-1], volume.shape)[0] if output.relevance else torch.zeros(volume.shape))
+                notify(done, len(texts), "segmenting")
+        stack = lambda parts: torch.stack(parts).cpu().numpy().astype(np.float32)  # noqa: E731
+        return stack(probabilities), stack(relevance) if with_relevance else None
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cpu", enabled=False)
+
+    def _shrink_after_out_of_memory(self) -> None:
+        """On CUDA out-of-memory: halve the batch; below one slice, fall back to the CPU."""
+        torch.cuda.empty_cache()
+        if self.batch_size > 1:
+            self.batch_size //= 2
+            log.warning("GPU out of memory: retrying with batch size %d", self.batch_size)
+            return
+        warnings.warn("GPU out of memory even for one slice: continuing on the CPU (slower)", stacklevel=2)
+        self.device = torch.device("cpu")
+        self.model.to(self.device)
+        self.batch_size = 16
+
+
+def _resize_sigmoid(logits: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """(B, 1, *model grid) logits -> (B, *size) float32 probabilities (interpolated as logits, then sigmoid)."""
+    mode = "bilinear" if logits.ndim == 4 else "trilinear"
+    return torch.sigmoid(F.interpolate(logits.float(), size=tuple(size), mode=mode, align_corners=False))[:, 0]
+
+
+def _findings_of(report: str, split: bool) -> list[Finding]:
+    findings = split_findings(report)  # also rejects an empty report
+    if split:
+        return findings
+    text = tidy_text(report)
+    return [Finding(name=findings[0].name if len(findings) == 1 else text[:64], text=text)]

@@ -1,0 +1,214 @@
+"""``tmca segment``: outputs Slicer can read, the JSON progress stream, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+
+from datapaths import real_data_file
+from tmca.cli import main
+
+REPORT = "Small nodule in the upper left lung. Large mass in the lower right lung."
+
+
+def _run(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _volume(tmp_path: Path, array: np.ndarray, name: str = "scan.nrrd") -> Path:
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    return path
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".part" in p.name or p.suffix == ".tmp")
+
+
+def test_segmentation_file_matches_the_real_mri_in_slicerio_and_simpleitk(tmp_path, tiny_model_dir, capsys):
+    source_path = real_data_file("brain1_image.nrrd")
+    out = tmp_path / "brain.seg.nrrd"
+    prob = tmp_path / "brain-prob.nrrd"
+    code, stdout, stderr = _run(
+        [
+            "segment", str(source_path), "--report", REPORT, "--output", str(out), "--probability", str(prob),
+            "--model", str(tiny_model_dir), "--threshold", "0.5",
+        ],
+        capsys,
+    )
+    assert code == 0, stderr
+    source = sitk.ReadImage(str(source_path))
+    segmentation = slicerio.read_segmentation(str(out))
+    names = [segment["name"] for segment in segmentation["segments"]]
+    assert names == ["small nodule, upper left lung", "large mass, lower right lung"]
+    written = sitk.ReadImage(str(out))
+    assert written.GetSize()[:3] == source.GetSize()
+    assert np.allclose(written.GetSpacing()[:3], source.GetSpacing())
+    assert np.allclose(written.GetOrigin()[:3], source.GetOrigin())
+    probability = sitk.ReadImage(str(prob))
+    assert probability.GetSize() == source.GetSize() and probability.GetNumberOfComponentsPerPixel() == 2
+    assert np.allclose(probability.GetOrigin(), source.GetOrigin())
+    assert "wrote" in stdout and _leftovers(tmp_path) == []
+
+
+def test_json_progress_stream_from_a_separate_process(tmp_path, tiny_model_dir):
+    image = _volume(tmp_path, np.random.default_rng(0).random((20, 32, 32), dtype=np.float32))
+    out = tmp_path / "out.seg.nrrd"
+    result = subprocess.run(
+        [sys.executable, "-m", "tmca.cli", "segment", str(image), "--report", REPORT, "--output", str(out),
+         "--model", str(tiny_model_dir), "--progress", "json", "--batch-size", "4"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert all({"stage", "done", "total"} <= set(e) for e in progress)
+    segmenting = [e for e in progress if e["stage"] == "segmenting"]
+    assert [e["done"] for e in segmenting] == [0, 4, 8, 12, 16, 20] and segmenting[-1]["total"] == 20
+    final = events[-1]
+    assert final["event"] == "result" and final["output"] == str(out)
+    assert [f["name"] for f in final["findings"]] == ["small nodule, upper left lung", "large mass, lower right lung"]
+    assert {"name", "text", "label_value", "voxels", "volume_ml", "components"} <= set(final["findings"][0])
+
+
+def test_sigterm_stops_with_no_output_file(tmp_path, tiny_model_dir):
+    image = _volume(tmp_path, np.random.default_rng(0).random((400, 64, 64), dtype=np.float32))
+    out = tmp_path / "out.seg.nrrd"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tmca.cli", "segment", str(image), "--report", REPORT, "--output", str(out),
+         "--model", str(tiny_model_dir), "--progress", "json", "--batch-size", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    for line in process.stdout:
+        if '"segmenting"' in line and '"done": 0' not in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "SIGTERM" in stderr and "Traceback" not in stderr
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def _expect_error(args: list[str], capsys, message: str, folder: Path) -> None:
+    code, stdout, stderr = _run(args, capsys)
+    assert code != 0
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("tmca segment: error:"), stderr
+    assert message in lines[-1]
+    assert "Traceback" not in stderr
+    assert not (folder / "out.seg.nrrd").exists() and _leftovers(folder) == []
+
+
+def test_missing_input(tmp_path, tiny_model_dir, capsys):
+    _expect_error(["segment", str(tmp_path / "nope.nii.gz"), "--report", REPORT, "--output", str(tmp_path / "out.seg.nrrd"),
+                   "--model", str(tiny_model_dir)], capsys, "not found", tmp_path)
+
+
+def test_unreadable_input(tmp_path, tiny_model_dir, capsys):
+    bad = tmp_path / "scan.nii.gz"
+    bad.write_bytes(b"this is not an image")
+    _expect_error(["segment", str(bad), "--report", REPORT, "--output", str(tmp_path / "out.seg.nrrd"), "--model", str(tiny_model_dir)],
+                  capsys, "scan.nii.gz", tmp_path)
+
+
+def test_4d_input(tmp_path, tiny_model_dir, capsys):
+    image = sitk.JoinSeries([sitk.GetImageFromArray(np.random.rand(4, 8, 8).astype(np.float32))] * 3)
+    path = tmp_path / "series.nrrd"
+    sitk.WriteImage(image, str(path))
+    _expect_error(["segment", str(path), "--report", REPORT, "--output", str(tmp_path / "out.seg.nrrd"), "--model", str(tiny_model_dir)],
+                  capsys, "4D", tmp_path)
+
+
+def test_constant_input(tmp_path, tiny_model_dir, capsys):
+    path = _volume(tmp_path, np.full((4, 16, 16), 7, dtype=np.float32))
+    _expect_error(["segment", str(path), "--report", REPORT, "--output", str(tmp_path / "out.seg.nrrd"), "--model", str(tiny_model_dir)],
+                  capsys, "constant", tmp_path)
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_nan_and_inf_voxels(tmp_path, tiny_model_dir, capsys, bad_value):
+    array = np.random.rand(4, 16, 16).astype(np.float32)
+    array[1, 2, 3] = bad_value
+    path = _volume(tmp_path, array)
+    _expect_error(["segment", str(path), "--report", REPORT, "--output", str(tmp_path / "out.seg.nrrd"), "--model", str(tiny_model_dir)],
+                  capsys, "NaN" if np.isnan(bad_value) else "nfinite", tmp_path)
+
+
+def test_empty_report(tmp_path, tiny_model_dir, capsys):
+    path = _volume(tmp_path, np.random.rand(4, 16, 16).astype(np.float32))
+    report = tmp_path / "report.txt"
+    report.write_text("  \n")
+    _expect_error(["segment", str(path), "--report-file", str(report), "--output", str(tmp_path / "out.seg.nrrd"),
+                   "--model", str(tiny_model_dir)], capsys, "empty report", tmp_path)
+
+
+def test_long_report_warns_but_succeeds(tmp_path, tiny_model_dir, capsys):
+    path = _volume(tmp_path, np.random.rand(4, 16, 16).astype(np.float32))
+    long_report = "Nodule in the upper left lung with " + "irregular spiculated margins " * 40
+    code, _, stderr = _run(["segment", str(path), "--report", long_report, "--output", str(tmp_path / "out.seg.nrrd"),
+                            "--model", str(tiny_model_dir)], capsys)
+    assert code == 0 and "warning" in stderr and "longer than the text encoder" in stderr
+    assert (tmp_path / "out.seg.nrrd").exists()
+
+
+def test_unknown_device(tmp_path, tiny_model_dir, capsys):
+    path = _volume(tmp_path, np.random.rand(4, 16, 16).astype(np.float32))
+    _expect_error(["segment", str(path), "--report", REPORT, "--output", str(tmp_path / "out.seg.nrrd"), "--model", str(tiny_model_dir),
+                   "--device", "quantum"], capsys, "unknown device", tmp_path)
+
+
+def test_model_folder_missing_files_or_failing_hashes(tmp_path, tiny_model_dir, capsys):
+    import shutil
+
+    path = _volume(tmp_path, np.random.rand(4, 16, 16).astype(np.float32))
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:-100])
+    args = ["segment", str(path), "--report", REPORT, "--output", str(tmp_path / "out.seg.nrrd"), "--model", str(broken)]
+    _expect_error(args, capsys, "sha256", tmp_path)
+    (broken / "config.json").unlink()
+    _expect_error(args, capsys, "missing config.json", tmp_path)
+
+
+def test_unwritable_output(tmp_path, tiny_model_dir, capsys):
+    path = _volume(tmp_path, np.random.rand(4, 16, 16).astype(np.float32))
+    _expect_error(["segment", str(path), "--report", REPORT, "--output", str(tmp_path / "no" / "such" / "out.seg.nrrd"),
+                   "--model", str(tiny_model_dir)], capsys, "does not exist", tmp_path)
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        _expect_error(["segment", str(path), "--report", REPORT, "--output", str(locked / "out.seg.nrrd"),
+                       "--model", str(tiny_model_dir)], capsys, "not writable", tmp_path)
+
+
+def test_existing_output_survives_a_failed_run(tmp_path, tiny_model_dir, capsys):
+    path = _volume(tmp_path, np.full((4, 16, 16), 1, dtype=np.float32))
+    out = tmp_path / "out.seg.nrrd"
+    out.write_bytes(b"previous result")
+    code, _, _ = _run(["segment", str(path), "--report", REPORT, "--output", str(out), "--model", str(tiny_model_dir)], capsys)
+    assert code != 0 and out.read_bytes() == b"previous result"
+
+
+def test_png_input_gives_a_single_slice_segmentation(tmp_path, tiny_model_dir, capsys):
+    from PIL import Image
+
+    rgb = (np.random.default_rng(1).random((48, 40, 3)) * 255).astype(np.uint8)
+    png = tmp_path / "frame.png"
+    Image.fromarray(rgb).save(png)
+    out = tmp_path / "frame.seg.nrrd"
+    code, _, stderr = _run(["segment", str(png), "--report", "Hypoechoic lesion.", "--output", str(out), "--model", str(tiny_model_dir)], capsys)
+    assert code == 0, stderr
+    written = slicerio.read_segmentation(str(out))
+    assert written["voxels"].shape[:3] in {(40, 48, 1), (1, 48, 40)}

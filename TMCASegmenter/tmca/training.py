@@ -120,10 +120,12 @@ class Trainer:
         seed_everything(options.seed + self.rank)
         self.config = TMCAConfig.from_dict(options.model) if options.model else TMCAConfig()
         self.model = TMCANet(self.config).to(self.device)
+        self.memory_format = torch.channels_last if self.config.spatial_dims == 2 else torch.contiguous_format
         self.train_set, self.val_set = train_set, val_set
         self.start_epoch, self.best_dice, self.step, self.stale_epochs = 0, -1.0, 0, 0
         if options.resume:
             self._resume()
+        self.model = self.model.to(memory_format=self.memory_format)
         self.step_module = TrainingStep(self.model, TMCALoss(self.config.lambda_align, self.config.lambda_ds))
         self.trainer_module = (
             nn.parallel.DistributedDataParallel(self.step_module, find_unused_parameters=True) if self.world > 1 else self.step_module
@@ -209,7 +211,7 @@ class Trainer:
             except StopIteration:
                 iterator = iter(self.loader)
                 batch = next(iterator)
-            image = batch["image"].to(self.device)
+            image = batch["image"].to(self.device).contiguous(memory_format=self.memory_format)
             mask = batch["mask"].to(self.device)
             loss, stats = self.trainer_module(image, mask, batch["report"])
             self.optimizer.zero_grad(set_to_none=True)

@@ -17,17 +17,19 @@ GUIDED_LEVELS = (3, 2, 1)
 
 
 class UpStage(nn.Module):
-    """Upsample x2 to the skip's grid, concatenate the skip, then ``depth`` convolution blocks."""
+    """Reduce channels (1x1, at the coarse grid), upsample x2 to the skip's grid, concatenate the skip,
+    then ``depth`` 3x3 convolution blocks: (B, C_in, *s) + (B, C_skip, *2s) -> (B, C_out, *2s)."""
 
     def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int, depth: int) -> None:
         super().__init__()
-        blocks = [conv_block(spatial_dims, in_channels + skip_channels, out_channels)]
+        self.reduce = conv_block(spatial_dims, in_channels, out_channels, kernel_size=1)
+        blocks = [conv_block(spatial_dims, out_channels + skip_channels, out_channels)]
         blocks += [conv_block(spatial_dims, out_channels, out_channels) for _ in range(depth - 1)]
         self.convs = nn.Sequential(*blocks)
         self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False)
+        x = F.interpolate(self.reduce(x), size=skip.shape[2:], mode=self.mode, align_corners=False)
         return self.convs(torch.cat([x, skip], dim=1))
 
 

@@ -10,6 +10,7 @@ from tmca.errors import TMCAError
 
 ENCODERS = ("efficientnet_lite0", "convnext_tiny", "small")
 LEVELS = (1, 2, 3, 4)
+PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}  # numpy (z, y, x) axis that 2D slices walk along
 
 
 @dataclass
@@ -80,7 +81,7 @@ class TMCAConfig:
             problems.append(f"align_levels must be a non-empty subset of {LEVELS}")
         if len(self.level_weights) != 4:
             problems.append("level_weights needs 4 values")
-        if self.plane not in ("axial", "coronal", "sagittal"):
+        if self.plane not in PLANE_AXIS:
             problems.append(f"plane must be axial, coronal or sagittal, not {self.plane!r}")
         if self.image_size % 32:
             problems.append(f"image_size must be a multiple of 32, not {self.image_size}")

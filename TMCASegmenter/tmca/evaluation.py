@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tmca.atomic import write_text_atomic
+from tmca.data.datasets import read_mask
 from tmca.imageio import LoadedImage, load_image
 from tmca.inference import Segmenter
 from tmca.metrics import dice, hd95, iou
@@ -74,7 +75,7 @@ def evaluate(
     scores: list[CaseScore] = []
     for index, (sample, report) in enumerate(zip(samples, reports)):
         image = load_image(sample.image)
-        truth = sitk.GetArrayFromImage(load_image(sample.mask).image) > 0
+        truth = read_mask(sample.mask)  # may be empty ("No focal lesion."), which load_image would refuse
         if eval_size:
             image, truth = resize_case(image, truth, eval_size)
         result = segmenter.segment(image, report)

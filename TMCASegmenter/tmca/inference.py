@@ -21,11 +21,13 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from tmca.checkpoint import load_checkpoint
+from tmca.config import PLANE_AXIS
 from tmca.devices import resolve_device
 from tmca.errors import CancelledError, TMCAError
 from tmca.findings import Finding, segment_color, split_findings, tidy_text
 from tmca.imageio import LoadedImage, load_image
 from tmca.models import resolve_model
+from tmca.networks.fusion import fuse_for_inference
 from tmca.networks.text_encoder import TextFeatures
 from tmca.preprocess import normalize_intensity
 from tmca.segio import SegmentSpec
@@ -33,7 +35,6 @@ from tmca.segio import SegmentSpec
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int, str], None]
-PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}  # numpy (z, y, x) axis that slices walk along
 
 
 @dataclass
@@ -142,6 +143,7 @@ class Segmenter:
         self.device = resolve_device(device)
         self.model, self.checkpoint = load_checkpoint(self.model_path, self.device)
         self.config = self.model.config
+        fuse_for_inference(self.model)
         if self.config.spatial_dims == 2:
             self.model = self.model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
         self.batch_size = batch_size or (16 if self.device.type == "cpu" else 64)
@@ -246,7 +248,8 @@ class Segmenter:
         model_size = (self.config.image_size,) * 2
         with torch.inference_mode(), self._autocast():
             x = torch.from_numpy(np.ascontiguousarray(slices)).to(self.device, torch.float32)[:, None]
-            x = F.interpolate(x, size=model_size, mode="bilinear", align_corners=False, antialias=True)
+            if tuple(x.shape[2:]) != model_size:
+                x = F.interpolate(x, size=model_size, mode="bilinear", align_corners=False, antialias=True)
             x = x.contiguous(memory_format=torch.channels_last)
             features = self.model.encoder(x)
             probabilities, relevance = [], []
@@ -296,8 +299,10 @@ class Segmenter:
 
 def _resize_sigmoid(logits: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """(B, 1, *model grid) logits -> (B, *size) float32 probabilities (interpolated as logits, then sigmoid)."""
-    mode = "bilinear" if logits.ndim == 4 else "trilinear"
-    return torch.sigmoid(F.interpolate(logits.float(), size=tuple(size), mode=mode, align_corners=False))[:, 0]
+    logits = logits.float()
+    if tuple(logits.shape[2:]) != tuple(size):
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear" if logits.ndim == 4 else "trilinear", align_corners=False)
+    return torch.sigmoid(logits)[:, 0]
 
 
 def _findings_of(report: str, split: bool) -> list[Finding]:

@@ -1,0 +1,793 @@
+"""TMCASegmenter: type the report, get the described targets as a Slicer segmentation.
+
+The engine (the ``tmca`` package beside this file) runs in a separate ``PythonSlicer`` process;
+this module writes the inputs, follows the engine's JSON progress and imports the result.
+Pure computations live in ``tmca/slicer_support.py``; dependencies and the polling timer in
+``TMCASegmenterLib/slicer_bridge.py``.
+"""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import numpy as np
+import qt
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+
+from TMCASegmenterLib import slicer_bridge
+from tmca import slicer_support as support
+
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+RECENT_REPORTS_SETTING = "TMCASegmenter/RecentReports"
+
+
+#
+# TMCASegmenter
+#
+
+
+class TMCASegmenter(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("TMCA Segmenter")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []  # PyTorch is used when present; see slicer_bridge
+        self.parent.contributors = ["TMCASegmenter developers"]
+        self.parent.helpText = _("""
+Language-guided segmentation: select a scan, type the report (for example "two infected areas,
+lower left and lower right lung") and click Apply. Each finding becomes a segment that you can
+correct in Segment Editor. The threshold slider updates the last result without a new run.
+""")
+        self.parent.acknowledgementText = _("""
+Implements TMCA (Target-informed Multi-level Contrastive Alignments) for text-guided medical image
+segmentation. The module layout follows the 3D Slicer scripted module template.
+""")
+
+
+#
+# TMCASegmenterParameterNode
+#
+
+
+@parameterNodeWrapper
+class TMCASegmenterParameterNode:
+    """
+    The parameters of the module.
+
+    inputVolume - The scan to segment.
+    report - The report text that describes the targets.
+    modelPath - A trained model folder; "" uses the bundled demo model.
+    device - "auto", "cpu" or "cuda".
+    splitFindings - One segment per finding (True) or one segment for the whole report.
+    threshold - Probability threshold, strictly between 0 and 1.
+    outputSegmentation - Segmentation that receives the findings; None creates a new one.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    report: str = ""
+    modelPath: str = ""
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    splitFindings: bool = True
+    threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5  # the engine needs 0 < threshold < 1
+    outputSegmentation: vtkMRMLSegmentationNode
+
+
+#
+# TMCASegmenterWidget
+#
+
+
+class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Uses ScriptedLoadableModuleWidget base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent=None) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._shownThreshold = None
+
+    def setup(self) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.setup(self)
+
+        # Load widget from .ui file (created by Qt Designer).
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/TMCASegmenter.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+
+        # Set scene in MRML widgets. Make sure that in Qt designer the top-level qMRMLWidget's
+        # "mrmlSceneChanged(vtkMRMLScene*)" signal in is connected to each MRML widget's.
+        # "setMRMLScene(vtkMRMLScene*)" slot.
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = TMCASegmenterLogic()
+
+        # These connections ensure that we update parameter node when scene is closed
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        # Widgets without a parameter of their own (the others carry a SlicerParameterName)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.recentReportsComboBox.connect("activated(int)", self.onRecentReportChosen)
+        self.ui.modelSourceComboBox.connect("currentIndexChanged(int)", self.onModelChoiceChanged)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelChoiceChanged)
+        self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditor)
+        self.ui.show3DButton.connect("toggled(bool)", self.onShow3D)
+        header = self.ui.resultsTableWidget.horizontalHeader()
+        header.setSectionResizeMode(0, qt.QHeaderView.Stretch)
+        header.setSectionResizeMode(1, qt.QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(2, qt.QHeaderView.ResizeToContents)
+        self.ui.progressBar.hide()
+        self._fillRecentReports()
+
+        # Make sure parameter node is initialized (needed for module reload)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        """Called when the application closes and the module widget is destroyed."""
+        if self.logic:
+            self.logic.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Called each time the user opens this module."""
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Called each time the user opens a different module."""
+        # Do not react to parameter node changes (GUI will be updated when the user enters into the module)
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """Called just before the scene is closed."""
+        self.logic.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        """Called just after the scene is closed."""
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        """Ensure parameter node exists and observed."""
+        self.setParameterNode(self.logic.getParameterNode())
+
+        # Select default input nodes if nothing is selected yet to save a few clicks for the user
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: Optional[TMCASegmenterParameterNode]) -> None:
+        """Set and observe parameter node; widgets with a SlicerParameterName follow it automatically."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Note: in the .ui file, a Qt dynamic property called "SlicerParameterName" is set on each
+            # ui element that needs connection.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._showModelChoice(self._parameterNode.modelPath)
+            self._shownThreshold = self._parameterNode.threshold
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        self._checkCanApply()
+        hasOutput = self._parameterNode is not None and self._parameterNode.outputSegmentation is not None
+        self.ui.editInSegmentEditorButton.enabled = hasOutput
+        self.ui.show3DButton.enabled = hasOutput
+        self._rethresholdIfChanged()
+
+    def _checkCanApply(self) -> None:
+        if self.logic.isRunning:
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop the running segmentation; the scene stays unchanged")
+            self.ui.applyButton.enabled = True
+            return
+        self.ui.applyButton.text = _("Apply")
+        problem = self._missingInput()
+        self.ui.applyButton.toolTip = problem or _("Segment the targets described in the report")
+        self.ui.applyButton.enabled = not problem
+
+    def _missingInput(self) -> str:
+        parameters = self._parameterNode
+        if not parameters or not parameters.inputVolume:
+            return _("Select an input volume")
+        if not parameters.report.strip():
+            return _("Type the report that describes the targets")
+        if self.ui.modelSourceComboBox.currentIndex == 1 and not parameters.modelPath:
+            return _("Choose a model folder")
+        return ""
+
+    def _rethresholdIfChanged(self) -> None:
+        parameters = self._parameterNode
+        if not parameters or parameters.threshold == self._shownThreshold:
+            return
+        self._shownThreshold = parameters.threshold
+        if self.logic.isRunning or not self.logic.hasProbabilityMapFor(parameters.outputSegmentation):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to apply the threshold."), waitCursor=True):
+            self._showFindings(self.logic.applyThreshold(parameters.threshold))
+
+    def onApplyButton(self) -> None:
+        """Run the segmentation, or cancel the one that is running."""
+        if self.logic.isRunning:
+            self.logic.cancel()
+            return
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation.")):
+            if not slicer_bridge.ensureDependencies(self.resourcePath("requirements.txt")):
+                self.ui.statusLabel.text = _("Python packages are missing; segmentation not started.")
+                return
+            self._rememberReport(parameters.report)
+            self.logic.process(
+                parameters.inputVolume, parameters.report, parameters.outputSegmentation,
+                model=parameters.modelPath or None, device=parameters.device, threshold=parameters.threshold,
+                splitFindings=parameters.splitFindings, waitForCompletion=False,
+                progressCallback=self._onProgress, completedCallback=self._onCompleted)
+            self._setRunning(True)
+
+    def _setRunning(self, running: bool) -> None:
+        self.ui.progressBar.visible = running
+        if running:
+            self.ui.progressBar.setRange(0, 0)  # busy indicator until the first progress event
+            self.ui.statusLabel.text = _("Starting the engine...")
+        self._checkCanApply()
+
+    def _onProgress(self, event: support.Progress) -> None:
+        if event.total > 0:
+            self.ui.progressBar.setRange(0, event.total)
+            self.ui.progressBar.value = event.done
+        self.ui.statusLabel.text = event.message
+
+    def _onCompleted(self, outcome: support.RunOutcome) -> None:
+        self._setRunning(False)
+        if outcome.cancelled:
+            self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
+        elif outcome.error:
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=outcome.error)
+            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=outcome.error))
+        else:
+            self.ui.statusLabel.text = _("Done: {count} finding(s).").format(count=len(outcome.findings))
+            if self._parameterNode:
+                self._parameterNode.outputSegmentation = outcome.output
+            self._showFindings(outcome.findings)
+            wasBlocked = self.ui.show3DButton.blockSignals(True)
+            self.ui.show3DButton.checked = True  # the result is shown in 3D
+            self.ui.show3DButton.blockSignals(wasBlocked)
+
+    def _showFindings(self, findings) -> None:
+        rows = support.finding_table_rows(findings)
+        table = self.ui.resultsTableWidget
+        table.setRowCount(len(rows))
+        for rowIndex, row in enumerate(rows):
+            for columnIndex, text in enumerate(row):
+                table.setItem(rowIndex, columnIndex, qt.QTableWidgetItem(text))
+
+    def onModelChoiceChanged(self, *unused) -> None:
+        """Store the chosen model folder ("" = bundled demo) in the parameter node."""
+        useFolder = self.ui.modelSourceComboBox.currentIndex == 1
+        self.ui.modelPathLineEdit.enabled = useFolder
+        if self._parameterNode:
+            self._parameterNode.modelPath = self.ui.modelPathLineEdit.currentPath if useFolder else ""
+        self._checkCanApply()
+
+    def _showModelChoice(self, modelPath: str) -> None:
+        wasBlocked = self.ui.modelSourceComboBox.blockSignals(True)
+        self.ui.modelSourceComboBox.currentIndex = 1 if modelPath else 0
+        self.ui.modelSourceComboBox.blockSignals(wasBlocked)
+        self.ui.modelPathLineEdit.enabled = bool(modelPath)
+        if modelPath:
+            self.ui.modelPathLineEdit.currentPath = modelPath
+
+    def onRecentReportChosen(self, index: int) -> None:
+        """Put the chosen recent report into the report box."""
+        report = self.ui.recentReportsComboBox.itemData(index)
+        if report and self._parameterNode:
+            self._parameterNode.report = report
+        self.ui.recentReportsComboBox.currentIndex = 0
+
+    def _rememberReport(self, report: str) -> None:
+        settings = qt.QSettings()
+        recent = support.remember_report(self._recentReports(), report)
+        settings.setValue(RECENT_REPORTS_SETTING, json.dumps(recent))
+        self._fillRecentReports()
+
+    def _recentReports(self) -> list:
+        try:
+            recent = json.loads(qt.QSettings().value(RECENT_REPORTS_SETTING) or "[]")
+        except (TypeError, ValueError):
+            return []
+        return [r for r in recent if isinstance(r, str)]
+
+    def _fillRecentReports(self) -> None:
+        combo = self.ui.recentReportsComboBox
+        while combo.count > 1:
+            combo.removeItem(1)
+        for report in self._recentReports():
+            combo.addItem(support.elide(report), report)
+            combo.setItemData(combo.count - 1, report, qt.Qt.ToolTipRole)
+
+    def onEditInSegmentEditor(self) -> None:
+        """Open the output segmentation in Segment Editor."""
+        parameters = self._parameterNode
+        self.logic.editInSegmentEditor(parameters.outputSegmentation, parameters.inputVolume)
+
+    def onShow3D(self, show: bool) -> None:
+        """Show or hide the output segmentation as surfaces in 3D."""
+        self.logic.show3D(self._parameterNode.outputSegmentation, show)
+
+
+#
+# TMCASegmenterLogic
+#
+
+
+@dataclass
+class _Run:
+    """One engine run: the process and what the result will be imported into."""
+
+    process: support.BackgroundProcess
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: Optional[vtkMRMLSegmentationNode]
+    outputPath: str
+    probabilityPath: str
+    progressCallback: Optional[Callable] = None
+    completedCallback: Optional[Callable] = None
+    poller: Optional[slicer_bridge.ProcessPoller] = None
+
+
+@dataclass
+class _ThresholdTarget:
+    """The last result's probability map, for re-thresholding without a new run."""
+
+    channels: np.ndarray
+    segmentation: vtkMRMLSegmentationNode
+    segmentIds: list
+    inputVolume: vtkMRMLScalarVolumeNode
+    findings: list = field(default_factory=list)
+
+
+class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
+    """This class should implement all the actual
+    computation done by your module.  The interface
+    should be such that other python code can import
+    this class and make use of the functionality without
+    requiring an instance of the Widget.
+    Uses ScriptedLoadableModuleLogic base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self) -> None:
+        """Called when the logic class is instantiated. Can be used for initializing member variables."""
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._run: Optional[_Run] = None
+        self._thresholdTarget: Optional[_ThresholdTarget] = None
+        self.lastFindings: list = []
+
+    def getParameterNode(self):
+        return TMCASegmenterParameterNode(super().getParameterNode())
+
+    @property
+    def isRunning(self) -> bool:
+        """Whether an engine process is running."""
+        return self._run is not None
+
+    def process(self, inputVolume, report: str, outputSegmentation=None, model=None, device: str = "auto",
+                threshold: float = 0.5, splitFindings: bool = True, waitForCompletion: bool = True,
+                progressCallback: Optional[Callable] = None, completedCallback: Optional[Callable] = None):
+        """
+        Segment the targets that ``report`` describes in ``inputVolume``. Can be used without GUI widget.
+
+        :param inputVolume: scalar volume to segment
+        :param report: report text, e.g. "two infected areas, lower left and lower right lung"
+        :param outputSegmentation: segmentation that receives the findings (its segments are kept);
+            None creates a new segmentation
+        :param model: trained model folder; None or "" uses the bundled demo model
+        :param device: "auto", "cpu" or "cuda"
+        :param threshold: probability threshold, strictly between 0 and 1
+        :param splitFindings: one segment per finding (True) or one for the whole report
+        :param waitForCompletion: block (keeping the GUI alive) until the result is imported
+        :param progressCallback: called with each :class:`tmca.slicer_support.Progress`
+        :param completedCallback: called with a :class:`tmca.slicer_support.RunOutcome` whose ``output``
+            is the segmentation node (None when cancelled or failed)
+        :return: the segmentation node when ``waitForCompletion`` (None if cancelled), else None
+        """
+        if self.isRunning:
+            raise RuntimeError(_("A segmentation is already running; cancel it first."))
+        if not inputVolume or not inputVolume.GetImageData():
+            raise ValueError(_("Select an input volume with image data."))
+        if not report or not report.strip():
+            raise ValueError(_("Type the report that describes the targets."))
+
+        tempDir = tempfile.mkdtemp(prefix="TMCASegmenter-", dir=slicer.app.temporaryPath)
+        outputPath = os.path.join(tempDir, "result.seg.nrrd")
+        probabilityPath = os.path.join(tempDir, "probability.nrrd")
+        try:
+            args = self._engineCommand(tempDir, inputVolume, report, outputPath, probabilityPath, model, device,
+                                       threshold, splitFindings)
+            logging.info(f"TMCASegmenter: running {' '.join(args)}")
+            process = support.BackgroundProcess(args, env=support.child_environment(MODULE_DIR), temp_dir=tempDir)
+            process.start()
+        except Exception:
+            shutil.rmtree(tempDir, ignore_errors=True)
+            raise
+        self._run = _Run(process, inputVolume, outputSegmentation, outputPath, probabilityPath,
+                         progressCallback, completedCallback)
+        if waitForCompletion:
+            process.wait(on_poll=self._onEventsWhileWaiting)
+            outcome = self._finishRun()
+            if outcome.error:
+                raise RuntimeError(outcome.error)
+            return outcome.output
+        self._run.poller = slicer_bridge.ProcessPoller(process, self._onEvents, self._finishRun)
+        self._run.poller.start()
+        return None
+
+    def _engineCommand(self, tempDir: str, inputVolume, report: str, outputPath: str, probabilityPath: str,
+                       model, device: str, threshold: float, splitFindings: bool) -> list:
+        """Write the volume and the report into ``tempDir``; return the ``tmca segment`` command line."""
+        inputPath = os.path.join(tempDir, "input.nrrd")
+        reportPath = os.path.join(tempDir, "report.txt")
+        self._writeVolume(inputVolume, inputPath)
+        Path(reportPath).write_text(report.strip(), encoding="utf-8")
+        return support.segment_command(support.python_executable(), inputPath, reportPath, outputPath, probabilityPath,
+                                       model=model or None, device=device, threshold=threshold,
+                                       split_findings=splitFindings)
+
+    def cancel(self) -> None:
+        """Stop the running engine process and everything it started; the scene stays unchanged."""
+        if self._run is not None:
+            self._run.process.cancel()  # the poller then reports the cancelled run
+
+    def _onEventsWhileWaiting(self, events: list) -> None:
+        self._onEvents(events)
+        slicer.app.processEvents()
+
+    def _onEvents(self, events: list) -> None:
+        run = self._run
+        for event in events:
+            if isinstance(event, support.LogLine):
+                logging.info(f"tmca: {event.text}")
+            elif isinstance(event, support.Progress) and run and run.progressCallback:
+                run.progressCallback(event)
+
+    def _finishRun(self) -> support.RunOutcome:
+        run, self._run = self._run, None
+        outcome = run.process.outcome()
+        try:
+            if outcome.ok:
+                outcome.output = self._importResult(run)
+                outcome.findings = tuple(self.lastFindings)
+        except Exception as error:
+            logging.exception("TMCASegmenter: importing the result failed")
+            outcome.error = str(error)
+        finally:
+            run.process.cleanup()
+        if run.completedCallback:
+            run.completedCallback(outcome)
+        return outcome
+
+    def _writeVolume(self, volumeNode, path: str) -> None:
+        """Write the volume with its geometry (origin, spacing, axis directions) as uncompressed NRRD."""
+        storageNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        try:
+            storageNode.SetFileName(path)
+            storageNode.UseCompressionOff()
+            if not storageNode.WriteData(volumeNode):
+                raise RuntimeError(_("Could not write the input volume to {path}.").format(path=path))
+        finally:
+            slicer.mrmlScene.RemoveNode(storageNode)
+
+    def _importResult(self, run: _Run):
+        """Copy the result's segments into the output segmentation and keep the probability map."""
+        result = run.process.result
+        findings = list(result.findings)
+        loaded = self._readSegmentationFile(result.output or run.outputPath)
+        try:
+            segmentation = run.outputSegmentation or self._newSegmentation(run.inputVolume)
+            self._saveUndoState(segmentation)
+            imported = self._copyFindingSegments(loaded, segmentation, findings, run.inputVolume)
+        finally:
+            slicer.mrmlScene.RemoveNode(loaded)
+        self._showSegmentation(segmentation, run.inputVolume)
+        self._placeInStudy(segmentation, run.inputVolume)
+        self._keepProbabilityMap(result.probability or run.probabilityPath, run.inputVolume, segmentation,
+                                 findings, imported)
+        self.lastFindings = findings
+        return segmentation
+
+    def _readSegmentationFile(self, path: str):
+        """Load a .seg.nrrd into a hidden temporary segmentation node."""
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "TMCASegmenter temporary")
+        node.SetHideFromEditors(True)
+        node.AddDefaultStorageNode()
+        storageNode = node.GetStorageNode()
+        storageNode.SetFileName(path)
+        if not storageNode.ReadData(node):
+            slicer.mrmlScene.RemoveNode(node)
+            raise RuntimeError(_("Could not read the engine's result {path}.").format(path=path))
+        slicer.mrmlScene.RemoveNode(storageNode)
+        return node
+
+    def _newSegmentation(self, inputVolume):
+        name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} TMCA")
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+        return segmentation
+
+    def _saveUndoState(self, segmentation) -> None:
+        """Let the user undo the import in Segment Editor when it is editing this segmentation."""
+        editorWidget = getattr(slicer.modules, "SegmentEditorWidget", None)
+        editor = getattr(editorWidget, "editor", None)
+        if editor is not None and editor.segmentationNode() == segmentation:
+            editor.saveStateForUndo()
+        slicer.mrmlScene.SaveStateForUndo()
+
+    def _copyFindingSegments(self, source, target, findings: list, inputVolume) -> list:
+        """Add one new segment per finding to ``target`` (existing segments kept).
+
+        Returns ``(finding_index, new_segment_id)`` pairs.
+        """
+        sourceSegmentation = source.GetSegmentation()
+        if target.GetSegmentation().GetNumberOfSegments() == 0:
+            target.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+        target.SetNodeReferenceID(target.GetReferenceImageGeometryReferenceRole(), inputVolume.GetID())
+        segments = []
+        for index in range(sourceSegmentation.GetNumberOfSegments()):
+            segmentId = sourceSegmentation.GetNthSegmentID(index)
+            segment = sourceSegmentation.GetSegment(segmentId)
+            segments.append((segmentId, segment.GetName(), segment.GetLabelValue()))
+        imported = []
+        for findingIndex, sourceId in support.match_findings_to_segments(findings, segments):
+            finding = findings[findingIndex]
+            sourceSegment = sourceSegmentation.GetSegment(sourceId)
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(source, sourceId, inputVolume)
+            newId = target.GetSegmentation().AddEmptySegment("", finding.name, sourceSegment.GetColor())
+            newSegment = target.GetSegmentation().GetSegment(newId)
+            if hasattr(newSegment, "DeepCopyMetadata"):  # keeps terminology tags
+                newSegment.DeepCopyMetadata(sourceSegment)
+                newSegment.SetName(finding.name)
+            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, target, newId, inputVolume)
+            imported.append((findingIndex, newId))
+        return imported
+
+    def _showSegmentation(self, segmentation, inputVolume) -> None:
+        segmentation.CreateDefaultDisplayNodes()
+        displayNode = segmentation.GetDisplayNode()
+        displayNode.SetVisibility(True)
+        displayNode.SetVisibility2D(True)
+        displayNode.SetVisibility3D(True)
+        segmentation.CreateClosedSurfaceRepresentation()
+        slicer.util.setSliceViewerLayers(background=inputVolume)
+
+    def _placeInStudy(self, segmentation, inputVolume) -> None:
+        """Put the segmentation under the input volume's study in the subject hierarchy."""
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        studyItem = shNode.GetItemParent(shNode.GetItemByDataNode(inputVolume))
+        shNode.SetItemParent(shNode.GetItemByDataNode(segmentation), studyItem)
+
+    def _keepProbabilityMap(self, path: str, inputVolume, segmentation, findings: list, imported: list) -> None:
+        """Load the probability map (float32 on the input grid, one channel per finding) for re-thresholding."""
+        self._thresholdTarget = None
+        if not path or not os.path.exists(path) or not imported:
+            return
+        import SimpleITK as sitk
+
+        image = sitk.ReadImage(path)
+        if not support.same_geometry(support.ijk_to_ras_matrix(image), volumeIjkToRas(inputVolume)):
+            logging.warning("TMCASegmenter: the probability map is not on the input grid; re-thresholding is off")
+            return
+        channels = support.probability_channels(sitk.GetArrayFromImage(image), len(findings))
+        indices = [findingIndex for findingIndex, segmentId in imported]
+        segmentIds = [segmentId for findingIndex, segmentId in imported]
+        self._thresholdTarget = _ThresholdTarget(channels[indices], segmentation, segmentIds, inputVolume,
+                                                 [findings[i] for i in indices])
+
+    def hasProbabilityMapFor(self, segmentation) -> bool:
+        """Whether the last result, imported into ``segmentation``, can be re-thresholded."""
+        target = self._thresholdTarget
+        return target is not None and segmentation is not None and target.segmentation == segmentation
+
+    def applyThreshold(self, threshold: float) -> list:
+        """Re-threshold the last result's segments at ``threshold``; return the updated findings."""
+        target = self._thresholdTarget
+        if target is None:
+            return self.lastFindings
+        voxelVolume = float(np.prod(target.inputVolume.GetSpacing()))
+        updated = []
+        for channel, segmentId, finding in zip(target.channels, target.segmentIds, target.findings):
+            if target.segmentation.GetSegmentation().GetSegment(segmentId) is None:
+                continue  # the user deleted this segment
+            mask = support.threshold_probability(channel, threshold)
+            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, target.segmentation, segmentId, target.inputVolume)
+            updated.append(support.update_finding_statistics(finding, mask, voxelVolume))
+        self.lastFindings = updated
+        return updated
+
+    def editInSegmentEditor(self, segmentation, inputVolume) -> None:
+        """Switch to Segment Editor with ``segmentation`` and ``inputVolume`` selected."""
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.SegmentEditorWidget.editor
+        editor.setSegmentationNode(segmentation)
+        if hasattr(editor, "setSourceVolumeNode"):
+            editor.setSourceVolumeNode(inputVolume)
+        else:  # Slicer before 5.2
+            editor.setMasterVolumeNode(inputVolume)
+
+    def show3D(self, segmentation, show: bool = True) -> None:
+        """Show or hide ``segmentation`` as closed surfaces in the 3D view."""
+        if segmentation is None:
+            return
+        if show:
+            segmentation.CreateClosedSurfaceRepresentation()
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.GetDisplayNode().SetVisibility3D(show)
+        layoutManager = slicer.app.layoutManager()
+        if show and layoutManager and layoutManager.threeDWidget(0):
+            layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
+
+    def processStudyFolder(self, folder, reports=None, outputFolder=None, model=None, device: str = "auto",
+                           threshold: float = 0.5, loadResults: bool = False,
+                           progressCallback: Optional[Callable] = None) -> list:
+        """
+        Segment every case of a study folder with ``tmca batch`` (blocks, keeping the GUI alive).
+
+        :param folder: study folder (one image or DICOM series per case)
+        :param reports: CSV file with columns case,report, or a dict case -> report text;
+            None uses the reports the engine finds in the folder
+        :param outputFolder: where ``<case>.seg.nrrd``, ``summary.csv`` and ``summary.json`` go
+        :param loadResults: load every written ``<case>.seg.nrrd`` into the scene
+        :return: the rows of ``summary.json`` (case, input, report, status, error, findings, ...)
+        """
+        if self.isRunning:
+            raise RuntimeError(_("A segmentation is already running; cancel it first."))
+        if not outputFolder:
+            raise ValueError(_("Choose an output folder."))
+        os.makedirs(outputFolder, exist_ok=True)
+        tempDir = tempfile.mkdtemp(prefix="TMCASegmenter-batch-", dir=slicer.app.temporaryPath)
+        reportsCsv = reports
+        if isinstance(reports, Mapping):
+            reportsCsv = support.write_reports_csv(reports, os.path.join(tempDir, "reports.csv"))
+        args = support.batch_command(support.python_executable(), folder, outputFolder, reportsCsv,
+                                     model=model or None, device=device, threshold=threshold)
+        logging.info(f"TMCASegmenter: running {' '.join(args)}")
+        process = support.BackgroundProcess(args, env=support.child_environment(MODULE_DIR), temp_dir=tempDir)
+        with process:
+            self._run = _Run(process, None, None, "", "", progressCallback)
+            try:
+                process.wait(on_poll=self._onEventsWhileWaiting)
+            finally:
+                self._run = None
+            summaryPath = os.path.join(outputFolder, "summary.json")
+            if process.cancelled or (process.returncode != 0 and not os.path.exists(summaryPath)):
+                raise RuntimeError(process.error_message() or _("The batch run was cancelled."))
+        rows = support.read_batch_summary(summaryPath)
+        if loadResults:
+            self._loadBatchResults(rows, outputFolder)
+        return rows
+
+    def _loadBatchResults(self, rows: list, outputFolder: str) -> None:
+        for row in rows:
+            path = os.path.join(outputFolder, f"{row.get('case')}.seg.nrrd")
+            if row.get("status") == "ok" and os.path.exists(path):
+                slicer.util.loadSegmentation(path)
+
+
+def volumeIjkToRas(volumeNode) -> np.ndarray:
+    """The volume's 4x4 IJK-to-RAS matrix as a numpy array."""
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+#
+# TMCASegmenterTest
+#
+
+
+class TMCASegmenterTest(ScriptedLoadableModuleTest):
+    """
+    This is the test case for your scripted module.
+    Uses ScriptedLoadableModuleTest base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def setUp(self):
+        """Do whatever is needed to reset the state - typically a scene clear will be enough."""
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        """Run as few or as many tests as needed here."""
+        self.setUp()
+        self.test_TMCASegmenter_synthetic_case()
+
+    def test_TMCASegmenter_synthetic_case(self):
+        """Segment a synthetic CT case with the bundled model: one segment per finding, input geometry, Dice >= 0.5."""
+        missing = slicer_bridge.missingDependencies(os.path.join(MODULE_DIR, "Resources", "requirements.txt"))
+        self.assertFalse(missing, f"Install the engine's Python packages first (click Apply once): {missing}")
+
+        self.delayDisplay("Generating a synthetic case")
+        caseDir = tempfile.mkdtemp(prefix="TMCASegmenterTest-", dir=slicer.app.temporaryPath)
+        subprocess.run(support.synth_command(support.python_executable(), caseDir, cases=1, modality="ct", dims=3, seed=3),
+                       env=support.child_environment(MODULE_DIR), check=True, capture_output=True, text=True)
+        imagePath = sorted(Path(caseDir, "images").glob("*.nii.gz"))[0]
+        case = imagePath.name[: -len(".nii.gz")]
+        report = Path(caseDir, "reports", f"{case}.txt").read_text(encoding="utf-8")
+        inputVolume = slicer.util.loadVolume(str(imagePath))
+
+        self.delayDisplay("Segmenting")
+        logic = TMCASegmenterLogic()
+        segmentation = logic.process(inputVolume, report, model=None, device="cpu")
+        self.assertIsNotNone(segmentation)
+        self.assertGreater(len(logic.lastFindings), 0)
+        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), len(logic.lastFindings))
+        for finding in logic.lastFindings:
+            self.assertTrue(segmentation.GetSegmentation().GetSegmentIdBySegmentName(finding.name), finding.name)
+
+        self.delayDisplay("Checking geometry and overlap")
+        self._assertGeometryMatches(segmentation, inputVolume)
+        self._assertDiceAtLeast(segmentation, inputVolume, Path(caseDir, "masks", f"{case}.nii.gz"), 0.5)
+        logic.applyThreshold(0.9)
+        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), len(logic.lastFindings))
+        self.delayDisplay("Test passed")
+
+    def _assertGeometryMatches(self, segmentation, inputVolume):
+        converter = slicer.vtkSegmentationConverter
+        geometry = segmentation.GetSegmentation().GetConversionParameter(converter.GetReferenceImageGeometryParameterName())
+        expected = converter.SerializeImageGeometry(self._ijkToRasVtk(inputVolume), inputVolume.GetImageData())
+        self.assertEqual(geometry, expected)
+
+    def _ijkToRasVtk(self, volumeNode):
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        return matrix
+
+    def _assertDiceAtLeast(self, segmentation, inputVolume, truthPath: Path, minimum: float):
+        import SimpleITK as sitk
+
+        truth = sitk.ReadImage(str(truthPath))
+        self.assertTrue(support.same_geometry(support.ijk_to_ras_matrix(truth), volumeIjkToRas(inputVolume)))
+        prediction = np.zeros(slicer.util.arrayFromVolume(inputVolume).shape, dtype=bool)
+        segmentIds = vtk.vtkStringArray()
+        segmentation.GetSegmentation().GetSegmentIDs(segmentIds)
+        for index in range(segmentIds.GetNumberOfValues()):
+            prediction |= slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentIds.GetValue(index), inputVolume) > 0
+        score = support.dice(prediction, sitk.GetArrayFromImage(truth))
+        self.assertGreaterEqual(score, minimum, f"Dice {score:.3f} against {truthPath.name}")

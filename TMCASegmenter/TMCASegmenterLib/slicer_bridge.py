@@ -1,0 +1,126 @@
+"""The one small bridge to Slicer's API: Python dependencies and the QTimer that polls the engine.
+
+Dependencies are checked only when the user first clicks Apply, never at import or start-up:
+PyTorch through the PyTorch extension (``PyTorchUtils``), the other packages of
+``Resources/requirements.txt`` through ``slicer.packaging.pip_ensure`` (Slicer 5.12 and later)
+or, on older Slicer, ``slicer.util.pip_install`` after one confirmation that lists every package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from types import ModuleType
+from typing import Callable
+
+import qt
+import slicer
+
+from tmca import slicer_support as support
+
+REQUESTER = "TMCASegmenter"
+PYTORCH_MISSING_MESSAGE = (
+    "TMCASegmenter needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager, "
+    "restart Slicer, then click Apply again (or install torch into Slicer's Python yourself)."
+)
+
+_dependenciesReady = False
+
+
+def ensureDependencies(requirementsPath: str) -> bool:
+    """Make sure torch and the engine's packages are installed; False if the user declined or torch is missing."""
+    global _dependenciesReady
+    if not _dependenciesReady:
+        _dependenciesReady = ensureTorch() and ensurePythonPackages(requirementsPath)
+    return _dependenciesReady
+
+
+def missingDependencies(requirementsPath: str) -> list[str]:
+    """Requirements (torch included) that are not installed in Slicer's Python; installs nothing."""
+    missing = support.missing_requirements(support.read_requirements(requirementsPath))
+    return missing if torchAvailable() else ["torch"] + missing
+
+
+def torchAvailable() -> bool:
+    """Whether torch is importable, without importing it."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def ensureTorch() -> bool:
+    """Install torch with the PyTorch extension (asking first); show how to get it when that extension is missing."""
+    if torchAvailable():
+        return True
+    try:
+        import PyTorchUtils
+    except ModuleNotFoundError:
+        slicer.util.errorDisplay(PYTORCH_MISSING_MESSAGE, windowTitle=f"{REQUESTER} - PyTorch required")
+        return False
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True)
+    if torch is None:
+        logging.info("PyTorch installation was declined")
+    return torch is not None
+
+
+def ensurePythonPackages(requirementsPath: str) -> bool:
+    """Install the missing packages of ``requirementsPath``; False if the user declined."""
+    packaging = _slicerPackaging()
+    if packaging is not None:
+        try:
+            packaging.pip_ensure(packaging.load_requirements(requirementsPath), requester=REQUESTER)
+        except RuntimeError as error:  # raised when the user declines
+            logging.info(str(error))
+            return False
+        return True
+    missing = support.missing_requirements(support.read_requirements(requirementsPath))
+    if not missing:
+        return True
+    message = (f"{REQUESTER} needs {len(missing)} Python package(s) in Slicer's Python environment. "
+               "Install them now? This can take a few minutes.")
+    if not slicer.util.confirmOkCancelDisplay(message, f"{REQUESTER} - Install Python packages",
+                                              detailedText="\n".join(missing)):
+        return False
+    qt.QApplication.setOverrideCursor(qt.Qt.BusyCursor)
+    try:
+        slicer.util.pip_install(missing)
+    finally:
+        qt.QApplication.restoreOverrideCursor()
+    return True
+
+
+def _slicerPackaging() -> ModuleType | None:
+    """``slicer.packaging`` when this Slicer has ``pip_ensure`` (5.12 and later), else None."""
+    try:
+        module = importlib.import_module("slicer.packaging")
+    except ImportError:
+        return None
+    return module if hasattr(module, "pip_ensure") and hasattr(module, "load_requirements") else None
+
+
+class ProcessPoller:
+    """Drive a :class:`tmca.slicer_support.BackgroundProcess` from a QTimer so the GUI never blocks."""
+
+    def __init__(self, process: support.BackgroundProcess, onEvents: Callable[[list], None],
+                 onFinished: Callable[[], None], intervalMs: int = 200) -> None:
+        self._process = process
+        self._onEvents = onEvents
+        self._onFinished = onFinished
+        self._timer = qt.QTimer()
+        self._timer.setInterval(intervalMs)
+        self._timer.connect("timeout()", self._poll)
+
+    def start(self) -> None:
+        """Start polling."""
+        self._timer.start()
+
+    def stop(self) -> None:
+        """Stop polling (the process keeps running)."""
+        self._timer.stop()
+
+    def _poll(self) -> None:
+        events = self._process.poll()
+        if events:
+            self._onEvents(events)
+        if self._process.finished:
+            self._timer.stop()
+            self._onFinished()

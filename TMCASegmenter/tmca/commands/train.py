@@ -1,0 +1,124 @@
+"""``tmca train``: train a TMCA model on image-report-mask data."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from tmca.errors import TMCAError
+
+log = logging.getLogger(__name__)
+
+ABLATIONS = {
+    "none": {},
+    "no-tsd": {"tsd": False},
+    "no-multilevel": {"multilevel": False},
+    "no-lgte": {"lgte": False},
+    "image-only": {"text": False},
+}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("train", help="train a model on your data", description="Train TMCA. Works under torchrun.")
+    parser.add_argument("--data", required=True, type=Path, help="dataset folder")
+    parser.add_argument("--format", required=True, choices=("lvit", "qata", "csv"), help="dataset layout")
+    parser.add_argument("--output", required=True, type=Path, help="run folder (best/, last/, metrics.csv)")
+    parser.add_argument("--config", type=Path, help="YAML with 'model:' (architecture) and 'train:' (options) sections")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--device", help="auto, cpu, cuda, mps")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--encoder", choices=("efficientnet_lite0", "convnext_tiny", "small"))
+    parser.add_argument("--modality", choices=("CT", "MR", "US", "XR", "OT"), type=str.upper, help="modality of the images")
+    parser.add_argument("--plane", choices=("axial", "coronal", "sagittal"), help="slicing plane for 3D volumes")
+    parser.add_argument("--ablation", choices=tuple(ABLATIONS), default="none", help="switch off one TMCA component")
+    parser.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch (default: one pass over the data)")
+    parser.add_argument("--time-limit", type=float, help="stop after this many minutes (checkpoints kept)")
+    parser.add_argument("--patience", type=int, help="early stopping: epochs without a better validation Dice")
+    parser.add_argument("--workers", type=int, help="data loader processes")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    parser.add_argument("--progress", choices=("json", "bar"), default="bar")
+    return parser
+
+
+def read_yaml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise TMCAError(f"config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise TMCAError(f"config file {path} is not valid YAML: {error}") from None
+    unknown = set(values) - {"model", "train"}
+    if unknown:
+        raise TMCAError(f"config file {path}: unknown sections {sorted(unknown)}; use 'model' and 'train'")
+    return values
+
+
+def build_options(args: argparse.Namespace):
+    from tmca.config import TMCAConfig
+    from tmca.training import TrainOptions
+
+    values = read_yaml(args.config)
+    model = dict(values.get("model") or {})
+    for key, arg in (("image_size", args.image_size), ("encoder", args.encoder), ("modality", args.modality), ("plane", args.plane)):
+        if arg is not None:
+            model[key] = arg
+    model.update(ABLATIONS[args.ablation])
+    TMCAConfig.from_dict(model)  # fail early on a bad architecture
+    train = dict(values.get("train") or {})
+    known = {f.name for f in dataclasses.fields(TrainOptions)}
+    if set(train) - known:
+        raise TMCAError(f"unknown 'train' options in {args.config}: {sorted(set(train) - known)}")
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "device": args.device, "seed": args.seed,
+                 "steps_per_epoch": args.steps_per_epoch, "time_limit_minutes": args.time_limit, "patience": args.patience,
+                 "workers": args.workers}
+    train.update({key: value for key, value in overrides.items() if value is not None})
+    return TrainOptions(data=str(args.data), format=args.format, output=str(args.output), resume=args.resume, model=model, **train)
+
+
+def load_split(data: Path, fmt: str, split: str) -> list:
+    from tmca.data import load_samples
+
+    result = load_samples(data, fmt, split)
+    for skipped in result.skipped:
+        log.warning("skipped %s", skipped)
+    return result.samples
+
+
+def run(args: argparse.Namespace) -> int:
+    from tmca.config import TMCAConfig
+    from tmca.data import SliceDataset
+    from tmca.progress import make_progress
+    from tmca.training import Trainer
+
+    options = build_options(args)
+    if args.output.exists() and (args.output / "last").exists() and not args.resume:
+        raise TMCAError(f"run folder {args.output} already holds a run; pass --resume to continue it or choose another --output")
+    config = TMCAConfig.from_dict(options.model)
+    train_samples = load_split(args.data, args.format, "train")
+    val_samples = load_split(args.data, args.format, "val")
+    if not train_samples:
+        raise TMCAError(f"no usable training samples in {args.data} ({args.format} layout); check the warnings above")
+    if not val_samples:
+        raise TMCAError(f"no validation samples in {args.data}; add a Val split (early stopping and 'best' need one)")
+    common = dict(image_size=config.image_size, modality=config.modality, intensity_policy=config.intensity_policy or None,
+                  plane=config.plane)
+    train_set = SliceDataset(train_samples, augment=True, seed=options.seed, **common)
+    val_set = SliceDataset(val_samples, augment=False, seed=options.seed + 1, **common)
+    progress = make_progress(args.progress)
+    try:
+        summary = Trainer(options, train_set, val_set, progress).fit()
+    finally:
+        progress.close()
+    print(f"best validation Dice {summary['best_val_dice']:.4f} after {summary['epochs_run']} epochs ({summary['stopped_by']}); "
+          f"model: {args.output / 'best'}")
+    return 0

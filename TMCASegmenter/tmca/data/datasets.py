@@ -1,0 +1,557 @@
+"""Datasets of (image, mask, report) samples, and a torch Dataset of 2D training slices.
+
+Formats understood by :func:`load_samples`:
+
+- ``lvit`` (LViT): ``ROOT/{Train,Val,Test}_Folder/{img,labelcol}/`` and ``ROOT/{Split}_text.xlsx``
+  (or ``.csv``) with columns ``Image`` and ``Description``. Files are matched by stem, ignoring
+  the extension and a ``mask_`` prefix (real releases name a ``.tif`` image ``.png`` in the sheet,
+  and some masks ``mask_<stem>``).
+- ``qata`` (GuideDecoder's QaTa-COV19): ``ROOT/{Train,Test}/{Images,GTs}/`` and a CSV
+  (``ROOT/{Split}_text.csv``, else a CSV in ROOT or one folder below whose name contains the split)
+  with ``Image`` = the mask's file name (the image is that name without ``mask_``) and
+  ``Description``. ``Val`` is the last 20 % of the training CSV's rows, ``Train`` the first 80 %.
+- ``csv``: a manifest (``ROOT`` is the CSV file, or a folder holding ``manifest.csv``) with columns
+  ``image``, ``mask``, ``report`` and optional ``split`` and ``case``; paths are relative to the
+  CSV's folder, 2D files or 3D volumes. ``report`` is the text, or a path to a ``.txt`` file
+  holding it. Rows are selected by ``split`` (``"all"``: every row); without a ``split`` column a
+  row's split follows from a hash of its case id (70/10/20, stable across runs).
+
+Bad rows (a missing file, an unreadable image, a mask of another size, an empty report) are
+skipped, logged with ``logging.warning`` (file, row number, reason) and returned in
+:attr:`LoadResult.skipped`. Row numbers are spreadsheet rows: the header is row 1. Completely
+empty rows are ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from tmca.config import PLANE_AXIS
+from tmca.errors import TMCAError
+from tmca.imageio import load_image
+from tmca.preprocess import normalize_intensity
+
+if TYPE_CHECKING:
+    from monai.transforms import Compose
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("lvit", "qata", "csv")
+SPLITS = ("Train", "Val", "Test")
+QATA_VAL_FRACTION = 0.2
+HASH_SPLIT_FRACTIONS = (0.7, 0.1)  # Train, Val; Test takes the rest (csv without a split column)
+TARGET_SLICE_PROBABILITY = 0.8
+VOLUME_CACHE_BYTES = 2 * 1024**3  # per process (each DataLoader worker has its own cache)
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
+MASK_PREFIX = "mask_"
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+_SPLIT_ALIASES = {
+    "train": "Train",
+    "training": "Train",
+    "val": "Val",
+    "valid": "Val",
+    "validation": "Val",
+    "test": "Test",
+    "testing": "Test",
+}
+
+
+@dataclass
+class Sample:
+    """One training or evaluation sample: an image file, its mask file and its report."""
+
+    image: Path
+    mask: Path
+    report: str
+    case_id: str
+    split: str
+
+
+@dataclass
+class SkippedRow:
+    """A row that :func:`load_samples` left out, and why."""
+
+    source: Path
+    row: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source} row {self.row}: {self.reason}"
+
+
+@dataclass
+class LoadResult:
+    """What :func:`load_samples` found: usable samples, and the rows it skipped."""
+
+    samples: list[Sample]
+    skipped: list[SkippedRow] = field(default_factory=list)
+
+
+@dataclass
+class _Row:
+    """A table row resolved to files; ``problem`` says why it cannot be used, if it cannot."""
+
+    number: int
+    image: Path | None
+    mask: Path | None
+    report: str
+    case_id: str
+    split: str
+    problem: str | None = None
+
+
+def load_samples(root: str | Path, fmt: str, split: str) -> LoadResult:
+    """Read the ``split`` ("train", "val", "test"; ``csv`` also "all") of the dataset at ``root``.
+
+    ``fmt`` is ``"lvit"``, ``"qata"`` or ``"csv"`` (see the module docstring). Raises
+    :class:`TMCAError` when the layout itself is wrong (missing folder or table, missing columns);
+    bad rows are skipped and reported instead.
+    """
+    root = Path(root)
+    if fmt not in FORMATS:
+        raise TMCAError(f"unknown dataset format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if not root.exists():
+        raise TMCAError(f"dataset not found: {root}; check the path")
+    split_name = _split_name(split, allow_all=fmt == "csv")
+    readers = {"lvit": _lvit_rows, "qata": _qata_rows, "csv": _csv_rows}
+    source, rows = readers[fmt](root, split_name)
+    return _validated(source, rows)
+
+
+def _split_name(split: str, allow_all: bool) -> str:
+    name = "all" if allow_all and split.strip().lower() == "all" else _SPLIT_ALIASES.get(split.strip().lower())
+    if name is None:
+        choices = "train, val, test" + (" or all" if allow_all else "")
+        raise TMCAError(f"unknown split {split!r}; use {choices}")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def _read_table(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """(row number, {lower-case header: cell text}) for each non-empty row of a .csv or .xlsx."""
+    if path.suffix.lower() == ".xlsx":
+        records = _xlsx_records(path)
+    else:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            records = list(csv.reader(handle))
+    if not records:
+        raise TMCAError(f"{path} is empty; it needs a header row and one row per sample")
+    headers = [str(h or "").strip().lower() for h in records[0]]
+    rows = []
+    for number, record in enumerate(records[1:], start=2):
+        cells = ["" if value is None else str(value).strip() for value in record]
+        if any(cells):
+            rows.append((number, dict(zip(headers, cells))))
+    return rows
+
+
+def _xlsx_records(path: Path) -> list[list[Any]]:
+    from openpyxl import load_workbook
+
+    try:
+        workbook = load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:  # openpyxl raises several types for damaged files
+        raise TMCAError(f"cannot read {path}: {exc}; is it a valid .xlsx workbook?") from exc
+    try:
+        return [list(row) for row in workbook.worksheets[0].iter_rows(values_only=True)]
+    finally:
+        workbook.close()
+
+
+def _require_columns(path: Path, rows: list[tuple[int, dict[str, str]]], columns: Sequence[str]) -> None:
+    present = set(rows[0][1]) if rows else set()
+    missing = [c for c in columns if c not in present]
+    if rows and missing:
+        raise TMCAError(f"{path} lacks the column(s) {', '.join(missing)}; it has {', '.join(sorted(present)) or 'none'}")
+
+
+def _child(folder: Path, *names: str) -> Path | None:
+    """The entry of ``folder`` whose name matches one of ``names`` (case-insensitive), or None."""
+    if not folder.is_dir():
+        return None
+    entries = {entry.name.lower(): entry for entry in folder.iterdir()}
+    return next((entries[n.lower()] for n in names if n.lower() in entries), None)
+
+
+def _need_child(folder: Path, *names: str) -> Path:
+    found = _child(folder, *names)
+    if found is None:
+        raise TMCAError(f"{folder} has no {' or '.join(names)}; is this the right dataset folder and format?")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# File matching by stem
+
+
+def file_key(name: str) -> str:
+    """Matching key of a file name: the stem (``.nii.gz`` aware), lower-case, without ``mask_``."""
+    stem = Path(name).name.lower()
+    for suffix in (*_VOLUME_SUFFIXES, *RASTER_SUFFIXES):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return stem[len(MASK_PREFIX) :] if stem.startswith(MASK_PREFIX) else stem
+
+
+def _index_folder(folder: Path) -> dict[str, Path]:
+    """{file_key: path} for the image files in ``folder`` (the first by name wins a tie)."""
+    index: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            index.setdefault(file_key(path.name), path)
+    return index
+
+
+def _matched_row(
+    number: int, name: str, report: str, split: str, images: dict[str, Path], masks: dict[str, Path], folders: tuple[Path, Path]
+) -> _Row:
+    key = file_key(name)
+    image, mask = images.get(key), masks.get(key)
+    problem = None
+    if not key:
+        problem = "no file name in the Image column"
+    elif image is None:
+        problem = f"no image named {key}.* (or {MASK_PREFIX}{key}.*) in {folders[0]}"
+    elif mask is None:
+        problem = f"no mask named {key}.* or {MASK_PREFIX}{key}.* in {folders[1]}"
+    return _Row(number, image, mask, report, key, split, problem)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats
+
+
+def _lvit_rows(root: Path, split: str) -> tuple[Path, list[_Row]]:
+    folder = _need_child(root, f"{split}_Folder")
+    image_dir, mask_dir = _need_child(folder, "img"), _need_child(folder, "labelcol")
+    table = _child(root, f"{split}_text.xlsx", f"{split}_text.csv")
+    if table is None:
+        raise TMCAError(f"{root} has no {split}_text.xlsx or {split}_text.csv (columns Image, Description)")
+    rows = _read_table(table)
+    _require_columns(table, rows, ("image", "description"))
+    images, masks = _index_folder(image_dir), _index_folder(mask_dir)
+    return table, [_matched_row(n, r["image"], r["description"], split, images, masks, (image_dir, mask_dir)) for n, r in rows]
+
+
+def _qata_rows(root: Path, split: str) -> tuple[Path, list[_Row]]:
+    folder_split = "Train" if split == "Val" else split
+    folder = _need_child(root, folder_split, f"{folder_split} Set")
+    image_dir = _need_child(folder, "Images", "Imgs", "img")
+    mask_dir = _need_child(folder, "GTs", "Ground-truths", "masks", "labelcol")
+    table = _qata_table(root, folder_split)
+    rows = _read_table(table)
+    _require_columns(table, rows, ("image", "description"))
+    if split != "Test":
+        cut = round(len(rows) * (1.0 - QATA_VAL_FRACTION))
+        rows = rows[cut:] if split == "Val" else rows[:cut]
+    images, masks = _index_folder(image_dir), _index_folder(mask_dir)
+    return table, [_matched_row(n, r["image"], r["description"], split, images, masks, (image_dir, mask_dir)) for n, r in rows]
+
+
+def _qata_table(root: Path, split: str) -> Path:
+    """``ROOT/{split}_text.csv``, else the shortest-named CSV in ROOT (or one level below) naming the split."""
+    exact = _child(root, f"{split}_text.csv")
+    if exact is not None:
+        return exact
+    candidates = [p for p in (*root.glob("*.csv"), *root.glob("*/*.csv")) if split.lower() in p.stem.lower()]
+    if not candidates:
+        raise TMCAError(f"{root} has no {split}_text.csv (or another CSV named after {split}) with columns Image, Description")
+    return min(candidates, key=lambda p: (len(p.name), str(p)))
+
+
+def _csv_rows(root: Path, split: str) -> tuple[Path, list[_Row]]:
+    table = root if root.is_file() else root / "manifest.csv"
+    if not table.is_file():
+        raise TMCAError(f"no manifest at {table}; give the CSV file or a folder with manifest.csv (columns image, mask, report)")
+    rows = _read_table(table)
+    _require_columns(table, rows, ("image", "mask", "report"))
+    folder = table.parent
+    selected = []
+    for number, record in rows:
+        image, mask = folder / record["image"], folder / record["mask"]
+        case_id = record.get("case") or file_key(image.name)
+        row_split = _row_split(record.get("split", ""), case_id)
+        if split != "all" and row_split != split:
+            continue
+        report, problem = _report_text(folder, record["report"])
+        selected.append(_Row(number, image, mask, report, case_id, row_split, problem))
+    return table, selected
+
+
+def _row_split(value: str, case_id: str) -> str:
+    """The split a csv row belongs to: its ``split`` cell, else a stable hash of its case id."""
+    if value:
+        return _SPLIT_ALIASES.get(value.strip().lower(), value.strip())
+    fraction = zlib.crc32(case_id.encode("utf-8")) / 2**32
+    train, val = HASH_SPLIT_FRACTIONS
+    return "Train" if fraction < train else "Val" if fraction < train + val else "Test"
+
+
+def _report_text(folder: Path, value: str) -> tuple[str, str | None]:
+    """(report text, problem): ``value`` itself, or the content of the .txt file it names."""
+    if not value.lower().endswith(".txt"):
+        return value, None
+    path = folder / value
+    if not path.is_file():
+        return "", f"report file not found: {path}"
+    return path.read_text(encoding="utf-8", errors="replace").strip(), None
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _validated(source: Path, rows: list[_Row]) -> LoadResult:
+    result = LoadResult([])
+    for row in rows:
+        problem = row.problem or _file_problem(row)
+        if problem:
+            skipped = SkippedRow(source, row.number, problem)
+            log.warning("%s; skipped", skipped)
+            result.skipped.append(skipped)
+        else:
+            assert row.image is not None and row.mask is not None
+            result.samples.append(Sample(row.image, row.mask, row.report, row.case_id, row.split))
+    return result
+
+
+def _file_problem(row: _Row) -> str | None:
+    """Why the row's files cannot be used (missing, unreadable, sizes differ, no text), or None."""
+    if not row.report.strip():
+        return "empty report text"
+    for kind, path in (("image", row.image), ("mask", row.mask)):
+        if path is None or not path.is_file():
+            return f"{kind} not found: {path}"
+    try:
+        image_size = image_shape(row.image)
+    except (OSError, RuntimeError, ValueError) as exc:
+        return f"unreadable image {row.image}: {_first_line(exc)}"
+    try:
+        mask_size = image_shape(row.mask)
+    except (OSError, RuntimeError, ValueError) as exc:
+        return f"unreadable mask {row.mask}: {_first_line(exc)}"
+    if image_size != mask_size:
+        return f"mask size {_size_text(mask_size)} differs from image size {_size_text(image_size)}"
+    return None
+
+
+def image_shape(path: Path) -> tuple[int, ...]:
+    """Array shape (z, y, x) or (y, x) of an image file from its header, size-1 axes dropped."""
+    if _is_raster(path):
+        with Image.open(path) as picture:
+            width, height = picture.size
+        return (height, width)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return tuple(n for n in reversed(reader.GetSize()) if n != 1)
+
+
+def _size_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in reversed(shape))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading pixels
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Bool (D, H, W) mask (D == 1 for a 2D file): any non-zero value (0/1, 0/255, colour, palette index) is inside."""
+    if _is_raster(path):
+        with Image.open(path) as picture:
+            pixels = np.asarray(picture)
+        if pixels.ndim == 3:  # colour or grey+alpha: any colour channel, never the alpha channel
+            pixels = pixels[..., : 3 if pixels.shape[-1] >= 3 else 1].max(axis=-1)
+        return (pixels > 0)[None]
+    image = sitk.ReadImage(str(path))
+    inside = sitk.GetArrayFromImage(image) > 0
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        inside = inside.any(axis=-1)
+    return inside if inside.ndim == 3 else inside[None]
+
+
+def read_image(path: Path, modality: str | None, policy: Mapping[str, Mapping[str, Any]] | None) -> np.ndarray:
+    """Float32 (D, H, W) in [0, 1]: read as inference reads it (:func:`tmca.imageio.load_image`),
+    normalised with :func:`tmca.preprocess.normalize_intensity` for ``modality`` ("OT" if None)."""
+    loaded = load_image(path, modality=modality)
+    return normalize_intensity(sitk.GetArrayFromImage(loaded.image), modality or loaded.modality, policy)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training slices
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """2D training items from samples: ``{"image": (1, S, S) float32 in [0, 1], "mask": (1, S, S)
+    float32 in {0, 1}, "report": str}``.
+
+    A 2D sample is one item. A 3D volume contributes one item per slice along ``plane``'s axis; each such item serves
+    a random slice of its volume: with probability 0.8 one that contains the target (when the
+    volume has any), otherwise one that does not. Volumes are cached after the first read
+    (normalised, float16, up to ``VOLUME_CACHE_BYTES`` per process, least recently used out).
+
+    Images are normalised like inference does (``modality``, ``intensity_policy``) and resized
+    to S x S with antialiased bilinear interpolation; masks with the same interpolation then
+    thresholded at 0.5. ``augment`` adds a small random affine (rotation within +-10 degrees,
+    scale 0.9-1.1), intensity scale/shift and Gaussian noise. There is never a flip: the report's
+    left/right and upper/lower must stay true. Randomness is seeded by ``seed`` and
+    ``torch.initial_seed()`` (so DataLoader workers differ and seeded runs repeat).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        image_size: int,
+        augment: bool = False,
+        modality: str | None = None,
+        intensity_policy: Mapping[str, Mapping[str, Any]] | None = None,
+        seed: int = 0,
+        plane: str = "axial",
+    ) -> None:
+        if image_size < 8:
+            raise TMCAError(f"image_size must be at least 8, not {image_size}")
+        self.samples = list(samples)
+        self.image_size = image_size
+        self.modality = modality
+        if plane not in PLANE_AXIS:
+            raise TMCAError(f"plane must be one of {', '.join(PLANE_AXIS)}, not {plane!r}")
+        self.slice_axis = PLANE_AXIS[plane]
+        self.intensity_policy = intensity_policy
+        self.seed = seed
+        self._item_sample = np.repeat(np.arange(len(self.samples)), [_slice_count(s.image, self.slice_axis) for s in self.samples])
+        self._transforms = _augmentation() if augment else None
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache_bytes = 0
+        self._rng: np.random.Generator | None = None
+        self._rng_key: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._item_sample)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = self._random()
+        sample_index = int(self._item_sample[index])
+        image, mask = self._slice(sample_index, rng)
+        image_t = _resize(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), self.image_size)
+        mask_t = (_resize(torch.from_numpy(mask.astype(np.float32)), self.image_size) >= 0.5).float()
+        if self._transforms is not None:
+            out = self._transforms({"image": image_t, "mask": mask_t})
+            image_t = out["image"].as_subclass(torch.Tensor).float().clamp(0.0, 1.0)
+            mask_t = (out["mask"].as_subclass(torch.Tensor) > 0.5).float()
+        return {"image": image_t, "mask": mask_t, "report": self.samples[sample_index].report}
+
+    def _random(self) -> np.random.Generator:
+        """This process's generator, reseeded when torch's seed changes (e.g. in a new worker)."""
+        key = torch.initial_seed()
+        if self._rng is None or key != self._rng_key:
+            self._rng = np.random.default_rng([self.seed, key % 2**63])
+            self._rng_key = key
+            if self._transforms is not None:
+                self._transforms.set_random_state(seed=int(self._rng.integers(2**31)))
+        return self._rng
+
+    def _slice(self, sample_index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(image (H, W) float32 in [0, 1], mask (H, W) bool) of one sample, a random slice of a volume."""
+        sample = self.samples[sample_index]
+        if _is_raster(sample.image):
+            image, mask = self._read(sample)
+            return image[0], mask[0]
+        image, mask, target = self._volume(sample_index)
+        k = _pick_slice(rng, target)
+        return image[k].astype(np.float32), mask[k]
+
+    def _read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        image = read_image(sample.image, self.modality, self.intensity_policy)
+        mask = read_mask(sample.mask)
+        if image.shape != mask.shape:
+            raise TMCAError(f"mask {sample.mask} has shape {mask.shape}, image {sample.image} has {image.shape}; they must match")
+        return image, mask
+
+    def _volume(self, sample_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(image float16 (D, H, W), mask bool (D, H, W), bool (D,) slices with target), cached."""
+        if sample_index in self._cache:
+            self._cache.move_to_end(sample_index)
+            return self._cache[sample_index]
+        image, mask = self._read(self.samples[sample_index])
+        image, mask = np.moveaxis(image, self.slice_axis, 0), np.moveaxis(mask, self.slice_axis, 0)  # slices first
+        entry = (np.ascontiguousarray(image, dtype=np.float16), np.ascontiguousarray(mask), mask.any(axis=(1, 2)))
+        size = entry[0].nbytes + entry[1].nbytes
+        while self._cache and self._cache_bytes + size > VOLUME_CACHE_BYTES:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= old[0].nbytes + old[1].nbytes
+        if size <= VOLUME_CACHE_BYTES:
+            self._cache[sample_index] = entry
+            self._cache_bytes += size
+        return entry
+
+
+def _is_raster(path: Path) -> bool:
+    return path.suffix.lower() in RASTER_SUFFIXES
+
+
+def _slice_count(path: Path, axis: int = 0) -> int:
+    """Items a sample contributes: 1 for a 2D image, the number of slices along ``axis`` for a volume."""
+    if _is_raster(path):
+        return 1
+    shape = image_shape(path)
+    return shape[axis] if len(shape) == 3 else 1
+
+
+def _pick_slice(rng: np.random.Generator, target: np.ndarray) -> int:
+    """A slice index: one with target (bool (D,)) with probability TARGET_SLICE_PROBABILITY, else one without."""
+    with_target, without = np.flatnonzero(target), np.flatnonzero(~target)
+    use_target = len(with_target) > 0 and (len(without) == 0 or rng.random() < TARGET_SLICE_PROBABILITY)
+    pool = with_target if use_target else without
+    return int(pool[rng.integers(len(pool))])
+
+
+def _resize(plane: torch.Tensor, size: int) -> torch.Tensor:
+    """(H, W) -> (1, size, size), antialiased bilinear as at inference."""
+    x = plane[None, None]
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x[0]
+
+
+def _augmentation() -> Compose:
+    """MONAI transforms on {"image", "mask"} (1, S, S) tensors: affine, intensity, noise; no flips."""
+    from monai.transforms import Compose, RandAffined, RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
+
+    return Compose(
+        [
+            RandAffined(
+                keys=("image", "mask"),
+                prob=0.8,
+                rotate_range=math.radians(10.0),
+                scale_range=(0.1, 0.1),
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+            RandGaussianNoised(keys="image", std=0.02, prob=0.5),
+        ]
+    )

@@ -39,6 +39,7 @@ from TMCASegmenterLib import slicer_bridge
 from tmca import slicer_support as support
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+RESOURCES_DIR = support.resource_dir(MODULE_DIR)
 RECENT_REPORTS_SETTING = "TMCASegmenter/RecentReports"
 
 
@@ -115,6 +116,10 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._shownThreshold = None
+
+    def resourcePath(self, filename: str) -> str:
+        """Resources sit beside the module when built, and at the extension's top level in a source tree."""
+        return os.path.join(RESOURCES_DIR, filename)
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -705,7 +710,7 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
 
     def _loadBatchResults(self, rows: list, outputFolder: str) -> None:
         for row in rows:
-            path = os.path.join(outputFolder, f"{row.get('case')}.seg.nrrd")
+            path = os.path.join(outputFolder, row.get("output") or f"{row.get('case')}.seg.nrrd")
             if row.get("status") == "ok" and os.path.exists(path):
                 slicer.util.loadSegmentation(path)
 
@@ -740,7 +745,7 @@ class TMCASegmenterTest(ScriptedLoadableModuleTest):
 
     def test_TMCASegmenter_synthetic_case(self):
         """Segment a synthetic CT case with the bundled model: one segment per finding, input geometry, Dice >= 0.5."""
-        missing = slicer_bridge.missingDependencies(os.path.join(MODULE_DIR, "Resources", "requirements.txt"))
+        missing = slicer_bridge.missingDependencies(os.path.join(RESOURCES_DIR, "requirements.txt"))
         self.assertFalse(missing, f"Install the engine's Python packages first (click Apply once): {missing}")
 
         self.delayDisplay("Generating a synthetic case")

@@ -102,7 +102,7 @@ def list_dicom_series(folder: str | os.PathLike) -> list[tuple[str, int, str]]:
     """
     if not Path(folder).is_dir():
         raise TMCAError(f"DICOM folder not found: {folder}; check the path")
-    series = _find_dicom_series(Path(folder))
+    series = find_dicom_series(Path(folder))
     listing = [(uid, len(files), _series_description(files[0])) for uid, files in series.items()]
     return sorted(listing, key=lambda item: (-item[1], item[0]))
 
@@ -230,7 +230,7 @@ def _dicom_raw(image: sitk.Image, header: pydicom.Dataset) -> _RawImage:
 
 def _read_dicom_folder(folder: Path, series_uid: str | None) -> _RawImage:
     """Read one series of a DICOM folder: ``series_uid`` or the series with most files."""
-    series = _find_dicom_series(folder)
+    series = find_dicom_series(folder)
     if not series:
         raise TMCAError(f"no DICOM series found in folder {folder}; choose a folder that contains DICOM images")
     if series_uid is None:
@@ -253,7 +253,7 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> _RawImage:
     return raw
 
 
-def _find_dicom_series(folder: Path) -> dict[str, list[str]]:
+def find_dicom_series(folder: Path) -> dict[str, list[str]]:
     """Map series UID -> slice files, for every folder under ``folder`` (GDCM's series IDs).
 
     Within a folder GDCM sorts the slices by position; a series spread over several folders is

@@ -30,7 +30,7 @@ from tmca.models import resolve_model
 from tmca.networks.fusion import fuse_for_inference
 from tmca.networks.text_encoder import TextFeatures
 from tmca.preprocess import normalize_intensity
-from tmca.segio import SegmentSpec
+from tmca.segio import SegmentSpec, write_segmentation, write_volume
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,17 @@ class SegmentationResult:
             for index, (finding, mask) in enumerate(zip(self.findings, self.masks))
         ]
 
+    def save(self, output: str | Path, probability: str | Path | None = None, relevance: str | Path | None = None) -> None:
+        """Write the segmentation (.seg.nrrd) and, when asked, the probability and relevance maps; each atomically."""
+        write_segmentation(output, list(self.masks), self.reference, self.segments)
+        if probability:
+            write_volume(probability, self.probability)
+        if relevance and self.relevance is not None:
+            write_volume(relevance, self.relevance_image)
+
     def with_threshold(self, threshold: float) -> "SegmentationResult":
         """The same probabilities cut at another threshold, without a new run."""
-        return SegmentationResult(self.reference, self.findings, self.probabilities, _check_threshold(threshold), self.relevance)
+        return SegmentationResult(self.reference, self.findings, self.probabilities, check_threshold(threshold), self.relevance)
 
     @property
     def segments(self) -> list[SegmentSpec]:
@@ -112,7 +120,7 @@ def _on_grid(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
-def _check_threshold(threshold: float) -> float:
+def check_threshold(threshold: float) -> float:
     if not 0.0 < float(threshold) < 1.0:
         raise TMCAError(f"threshold must be between 0 and 1 (exclusive), not {threshold}")
     return float(threshold)
@@ -171,7 +179,7 @@ class Segmenter:
         progress(done, total, stage) is called as work advances; a cancel flag that becomes true
         (or an exception from the callback) stops the work promptly with :class:`CancelledError`.
         """
-        threshold = _check_threshold(threshold)
+        threshold = check_threshold(threshold)
         plane = plane or self.config.plane
         if plane not in PLANE_AXIS:
             raise TMCAError(f"unknown plane {plane!r}; choose axial, coronal or sagittal")

@@ -621,3 +621,10 @@ def _platform_popen_options() -> dict[str, Any]:
     if os.name == "nt":
         return {"creationflags": subprocess.CREATE_NO_WINDOW}
     return {"start_new_session": True}
+
+
+def resource_dir(module_dir: str | os.PathLike) -> str:
+    """The module's Resources folder: beside the module in a build or install tree, one level up
+    (the extension's top-level ``Resources/``) when Slicer loads the module from its source folder."""
+    beside = Path(module_dir) / "Resources"
+    return str(beside if beside.is_dir() else Path(module_dir).parent / "Resources")

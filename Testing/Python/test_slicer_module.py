@@ -611,3 +611,10 @@ def test_background_segment_run_gives_what_the_module_imports(tmp_path, tiny_mod
     for finding_index, segment_id in pairs:
         mask = masks[int(segment_id.split("_")[1])]
         assert np.array_equal(support.threshold_probability(channels[finding_index], 0.5), mask)
+
+
+def test_resources_are_found_from_the_source_tree_and_from_a_build_tree(tmp_path):
+    assert Path(support.resource_dir(MODULE_DIR)) == MODULE_DIR.parent / "Resources"
+    built = tmp_path / "qt-scripted-modules"
+    (built / "Resources" / "UI").mkdir(parents=True)
+    assert Path(support.resource_dir(built)) == built / "Resources"

@@ -100,8 +100,6 @@ def run(args: argparse.Namespace) -> int:
 
 def segment_to_files(args: argparse.Namespace, report: str, progress):
     from tmca.inference import Segmenter
-    from tmca.segio import write_segmentation, write_volume
-
     progress(0, 1, "loading model")
     segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch_size)
     result = segmenter.segment(
@@ -116,10 +114,6 @@ def segment_to_files(args: argparse.Namespace, report: str, progress):
         with_relevance=args.relevance is not None,
     )
     progress(0, 1, "writing")
-    write_segmentation(args.output, list(result.masks), result.reference, result.segments)
-    if args.probability:
-        write_volume(args.probability, result.probability)
-    if args.relevance:
-        write_volume(args.relevance, result.relevance_image)
+    result.save(args.output, args.probability, args.relevance)
     progress(1, 1, "writing")
     return result

@@ -1,0 +1,117 @@
+"""Training and evaluation end to end on small synthetic data: checkpoints, metrics, resume, torchrun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tmca.checkpoint import load_checkpoint, verify_checkpoint
+from tmca.cli import main
+
+TINY_MODEL = {"encoder": "small", "encoder_pretrained": False, "image_size": 64, "embed_dim": 32, "decoder_channels": [32, 16, 16, 8, 8]}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data") / "xr"
+    assert main(["synth", "--output", str(folder), "--cases", "20", "--modality", "xr", "--dims", "2", "--seed", "3", "--size", "64"]) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    import yaml
+
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"model": TINY_MODEL, "train": {"warmup_steps": 2, "val_items": 8}}))
+    return path
+
+
+def _train(dataset: Path, config: Path, output: Path, *extra: str) -> int:
+    return main(["train", "--data", str(dataset), "--format", "lvit", "--output", str(output), "--config", str(config),
+                 "--batch-size", "4", "--steps-per-epoch", "3", "--device", "cpu", "--seed", "0", *extra])
+
+
+def test_train_writes_best_last_metrics_and_a_loadable_checkpoint(dataset, config_file, tmp_path):
+    run = tmp_path / "run"
+    assert _train(dataset, config_file, run, "--epochs", "2") == 0
+    verify_checkpoint(run / "best")
+    verify_checkpoint(run / "last")
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(0.0 <= float(r["val_dice"]) <= 1.0 and float(r["loss"]) > 0 for r in rows)
+    assert "align" in rows[0] and rows[0]["align"] != ""
+    model, config = load_checkpoint(run / "last")
+    assert config["training"]["epochs"] == 2 and config["training"]["train_samples"] > 0
+    assert model.config.image_size == 64
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["steps"] == 6
+
+
+def test_resume_continues_where_the_run_stopped(dataset, config_file, tmp_path):
+    run = tmp_path / "run"
+    assert _train(dataset, config_file, run, "--epochs", "1") == 0
+    assert _train(dataset, config_file, run, "--epochs", "1") != 0  # refuses to overwrite a run
+    assert _train(dataset, config_file, run, "--epochs", "3", "--resume") == 0
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [int(r["step"]) for r in rows] == [3, 6, 9]
+
+
+def test_ablation_flag_reaches_the_saved_architecture(dataset, config_file, tmp_path):
+    run = tmp_path / "image-only"
+    assert _train(dataset, config_file, run, "--epochs", "1", "--ablation", "image-only") == 0
+    config = json.loads((run / "last" / "config.json").read_text())
+    assert config["model"]["text"] is False
+
+
+def test_bad_training_input_is_one_clear_error(tmp_path, config_file, capsys):
+    code = main(["train", "--data", str(tmp_path / "none"), "--format", "lvit", "--output", str(tmp_path / "run"), "--config", str(config_file)])
+    assert code != 0
+    assert "dataset not found" in capsys.readouterr().err
+
+
+def test_evaluate_reports_dice_iou_hd95_and_shuffled_text(dataset, config_file, tmp_path):
+    run = tmp_path / "run"
+    assert _train(dataset, config_file, run, "--epochs", "1") == 0
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", "--model", str(run), "--data", str(dataset), "--format", "lvit", "--split", "Test", "--json", str(out), "--device", "cpu"]) == 0
+    scores = json.loads(out.read_text())
+    assert {"dice", "iou", "hd95", "n"} <= set(scores) and scores["n"] == len(scores["cases"]) > 0
+    assert all(0.0 <= case["dice"] <= 1.0 for case in scores["cases"])
+    shuffled = tmp_path / "shuffled.json"
+    assert main(["evaluate", "--model", str(run / "best"), "--data", str(dataset), "--format", "lvit", "--split", "Test",
+                 "--json", str(shuffled), "--shuffle-text", "--eval-size", "32", "--device", "cpu"]) == 0
+    shuffled_scores = json.loads(shuffled.read_text())
+    assert shuffled_scores["shuffle_text"] is True and shuffled_scores["eval_size"] == 32
+    original = {case["case"]: case["report"] for case in scores["cases"]}
+    assert any(original[case["case"]] != case["report"] for case in shuffled_scores["cases"])
+
+
+def test_derangement_moves_every_report():
+    from tmca.evaluation import derangement
+
+    for count in (2, 3, 10):
+        order = derangement(count, seed=count)
+        assert sorted(order) == list(range(count)) and all(order[i] != i for i in range(count))
+
+
+def test_torchrun_two_cpu_processes(dataset, config_file, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "tmca.cli", "train",
+         "--data", str(dataset), "--format", "lvit", "--output", str(run), "--config", str(config_file), "--batch-size", "2",
+         "--steps-per-epoch", "2", "--epochs", "1", "--device", "cpu"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    verify_checkpoint(run / "last")
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == 1  # written once, by rank 0

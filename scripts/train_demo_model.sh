@@ -5,9 +5,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup_env.sh"
 cd "$root"
-tmca synth --output runs/demo-data --cases 300 --modality ct --dims 3 --seed 0 --size 160 --depth 80
+tmca synth --output runs/demo-data --cases 300 --modality ct --dims 3 --seed 0
 tmca train --data runs/demo-data --format csv --output runs/demo --modality CT --plane coronal --image-size 128 \
-  --epochs 18 --steps-per-epoch 80 --batch-size 16 --lr 1e-3 --seed 0 --patience 6 --time-limit 28
+  --epochs 30 --steps-per-epoch 80 --batch-size 16 --lr 1e-3 --seed 0 --patience 6 --time-limit 28
 python bench/demo_grounding.py --model runs/demo/best --data runs/demo-data --format csv --json runs/demo/grounding.json
 rm -rf Resources/Models/tmca-demo.new
 cp -r runs/demo/best Resources/Models/tmca-demo.new

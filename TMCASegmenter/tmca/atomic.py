@@ -30,7 +30,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         suffix = "".join(target.suffixes) or ".tmp"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=folder)
     os.close(fd)
-    os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    os.chmod(tmp_name, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs get the usual permissions
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -41,10 +41,19 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def give_default_permissions(folder: Path) -> None:
+    """``folder`` and the files in it get the permissions a plain ``mkdir``/``open`` would give."""
+    mask = current_umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for path in folder.iterdir():
+        if path.is_file():
+            os.chmod(path, 0o666 & ~mask)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tmca import __version__
+from tmca.atomic import give_default_permissions
 from tmca.config import TMCAConfig
 from tmca.errors import TMCAError
 from tmca.networks.text_encoder import FrozenTextEncoder
@@ -70,6 +71,7 @@ def save_checkpoint(folder: str | Path, model: TMCANet, extra: dict[str, Any] | 
             "versions": _versions(),
         }
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+        give_default_permissions(staging)  # mkdtemp makes 0700
         if folder.exists():
             backup = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(backup, ignore_errors=True)

@@ -46,6 +46,9 @@ from tmca.atomic import atomic_path, write_text_atomic
 from tmca.errors import TMCAError
 
 MODALITIES = ("ct", "mr", "us", "xr")
+DEFAULT_SIZE_2D = 256
+DEFAULT_SIZE_3D = 160  # with DEFAULT_DEPTH: the volumes the bundled demo model was trained on
+DEFAULT_DEPTH = 80
 SIZE_WORDS = ("small", "large")
 SPLITS = ("Train", "Val", "Test")
 SPLIT_FRACTIONS = (0.7, 0.1)  # Train, Val; Test takes the rest
@@ -634,7 +637,9 @@ _PHANTOMS = {
 # Cases
 
 
-def generate_case(rng: np.random.Generator, modality: str, dims: int, size: int = 256, depth: int = 32) -> SynthCase:
+def generate_case(
+    rng: np.random.Generator, modality: str, dims: int, size: int = 256, depth: int = 32, subset_probability: float = SUBSET_PROBABILITY
+) -> SynthCase:
     """Generate one case: a ``size`` x ``size`` image (x ``depth`` slices in 3D), lesions, a report.
 
     Deterministic for the state of ``rng``. See :class:`SynthCase` for the arrays' shapes.
@@ -647,7 +652,7 @@ def generate_case(rng: np.random.Generator, modality: str, dims: int, size: int 
     for k in range(grid.shape[0]):
         field[k], labels[k] = phantom.anatomy(k)
     cells = [cell for cell in phantom.cells(labels) if cell.allowed.any()]
-    lesions, lesion_masks = _add_lesions(rng, phantom, field, cells, modality)
+    lesions, lesion_masks = _add_lesions(rng, phantom, field, cells, modality, subset_probability)
     style = str(rng.choice(report_styles(modality)))
     report = describe([lesion for lesion in lesions if lesion.described], modality, style)
     for k in range(grid.shape[0]):
@@ -697,19 +702,19 @@ def _squeeze_lesion(lesion: Lesion) -> Lesion:
 
 
 def _add_lesions(
-    rng: np.random.Generator, phantom: _Phantom, field: np.ndarray, cells: list[_Cell], modality: str
+    rng: np.random.Generator, phantom: _Phantom, field: np.ndarray, cells: list[_Cell], modality: str, subset_probability: float
 ) -> tuple[list[Lesion], list[np.ndarray]]:
     """Choose 0-3 cells, grow a lesion in each, paint it into ``field`` (D, H, W) in place.
 
     Returns the lesions and their bool masks (D, H, W); which ones are described follows
-    NO_FINDING_PROBABILITY, LESION_COUNT_WEIGHTS and SUBSET_PROBABILITY.
+    NO_FINDING_PROBABILITY, LESION_COUNT_WEIGHTS and ``subset_probability`` (default SUBSET_PROBABILITY).
     """
     if rng.random() < NO_FINDING_PROBABILITY or not cells:
         return [], []
     count = min(len(cells), int(rng.choice((1, 2, 3), p=LESION_COUNT_WEIGHTS)))
     chosen = rng.choice(len(cells), size=count, replace=False)
     described = np.ones(count, dtype=bool)
-    if count >= 2 and rng.random() < SUBSET_PROBABILITY:
+    if count >= 2 and rng.random() < subset_probability:
         described[:] = False
         described[rng.choice(count, size=int(rng.integers(1, count)), replace=False)] = True
     lesions, masks = [], []
@@ -781,7 +786,8 @@ def _blob(rng: np.random.Generator, shape: tuple[int, int, int], centre: np.ndar
 
 
 def write_dataset(
-    output: str | Path, cases: int, modality: str, dims: int, seed: int, size: int | None = None, depth: int = 48
+    output: str | Path, cases: int, modality: str, dims: int, seed: int, size: int | None = None, depth: int = DEFAULT_DEPTH,
+    subset_probability: float = SUBSET_PROBABILITY,
 ) -> dict[str, list[str]]:
     """Generate ``cases`` cases and write them under ``output``; returns split -> case names.
 
@@ -794,7 +800,7 @@ def write_dataset(
     ``np.random.default_rng([seed, i])``; the 70/10/20 split is a permutation by ``seed``.
     Every file is written atomically.
     """
-    size = size or (256 if dims == 2 else 128)
+    size = size or (DEFAULT_SIZE_2D if dims == 2 else DEFAULT_SIZE_3D)
     _check_arguments(modality, dims, size, depth)
     if cases < 1:
         raise TMCAError(f"--cases must be at least 1, not {cases}")
@@ -805,7 +811,7 @@ def write_dataset(
     splits = _assign_splits(cases, seed)
     records = []
     for i, name in enumerate(names):
-        case = generate_case(np.random.default_rng([seed, i]), modality, dims, size, depth)
+        case = generate_case(np.random.default_rng([seed, i]), modality, dims, size, depth, subset_probability)
         if dims == 2:
             _write_png_case(root, name, splits[i], case)
         else:

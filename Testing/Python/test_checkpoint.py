@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -94,3 +95,13 @@ def test_info_json_has_the_documented_keys():
     info = json.loads(result.stdout)
     assert {"version", "torch", "devices", "default_model"} <= set(info)
     assert info["devices"][0]["type"] == "cpu"
+
+
+def test_checkpoint_files_get_the_usual_permissions(tmp_path, small_config, text_encoder):
+    old = os.umask(0o022)
+    try:
+        folder = save_checkpoint(tmp_path / "shared", TMCANet(small_config(), text_encoder))
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700: other users can load the model
+    assert all(path.stat().st_mode & 0o777 == 0o644 for path in folder.iterdir())

@@ -153,3 +153,26 @@ def test_bad_model_and_device_are_refused(tmp_path, tiny_model_dir):
         Segmenter(tmp_path / "missing")
     with pytest.raises(TMCAError, match="unknown device"):
         Segmenter(tiny_model_dir, device="tpu")
+
+
+def test_gpu_out_of_memory_halves_the_batch_then_falls_back_to_cpu(tiny_model_dir, monkeypatch):
+    import torch
+
+    segmenter = Segmenter(tiny_model_dir, device="cpu", batch_size=4)
+    real_predict = segmenter._predict_batch
+    failures = {"left": 3}
+    sizes = []
+
+    def flaky_predict(slices, *args):
+        sizes.append(len(slices))
+        if failures["left"]:
+            failures["left"] -= 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_predict(slices, *args)
+
+    monkeypatch.setattr(segmenter, "_predict_batch", flaky_predict)
+    with pytest.warns(UserWarning, match="continuing on the CPU"):
+        result = segmenter.segment(_phantom((40, 32, 6)), "Nodule in the upper left lung.")
+    assert sizes == [4, 2, 1, 6]  # halved twice; then on the CPU with its own batch size
+    assert segmenter.device.type == "cpu"
+    assert result.probabilities.shape == (1, 6, 32, 40)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from tmca.synth import MODALITIES
+from tmca.errors import TMCAError
+from tmca.synth import DEFAULT_DEPTH, DEFAULT_SIZE_2D, DEFAULT_SIZE_3D, MODALITIES, SUBSET_PROBABILITY
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,8 +24,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--modality", choices=MODALITIES, default="ct", help="ct, mr, us or xr (2D only); default ct")
     parser.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2 (PNG slices) or 3 (NIfTI volumes); default 2")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files (default 0)")
-    parser.add_argument("--size", type=int, default=None, help="in-plane size in pixels (default 256 for 2D, 128 for 3D)")
-    parser.add_argument("--depth", type=int, default=48, help="slices per 3D volume (default 48)")
+    parser.add_argument("--size", type=int, default=None,
+                        help=f"in-plane size in pixels (default {DEFAULT_SIZE_2D} for 2D, {DEFAULT_SIZE_3D} for 3D)")
+    parser.add_argument("--subset-fraction", type=float, default=SUBSET_PROBABILITY,
+                        help=f"share of multi-lesion cases whose report names only some lesions (default {SUBSET_PROBABILITY})")
+    parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, help=f"slices per 3D volume (default {DEFAULT_DEPTH})")
     return parser
 
 
@@ -32,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from tmca.synth import write_dataset
 
     start = time.perf_counter()
-    splits = write_dataset(args.output, args.cases, args.modality, args.dims, args.seed, args.size, args.depth)
+    if not 0.0 <= args.subset_fraction <= 1.0:
+        raise TMCAError(f"--subset-fraction must be between 0 and 1, not {args.subset_fraction}")
+    splits = write_dataset(args.output, args.cases, args.modality, args.dims, args.seed, args.size, args.depth, args.subset_fraction)
     counts = ", ".join(f"{split} {len(names)}" for split, names in splits.items())
     print(f"wrote {args.cases} {args.modality} {args.dims}D cases to {args.output} ({counts}) in {time.perf_counter() - start:.1f} s")
     return 0

@@ -33,6 +33,12 @@ def _volume(tmp_path: Path, array: np.ndarray, name: str = "scan.nrrd") -> Path:
     return path
 
 
+def _engine_command(image: Path, out: Path, model: Path, *extra: str) -> list[str]:
+    """``tmca segment`` as a separate process, with JSON progress."""
+    return [sys.executable, "-m", "tmca.cli", "segment", str(image), "--report", REPORT, "--output", str(out),
+            "--model", str(model), "--progress", "json", *extra]
+
+
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".part" in p.name or p.suffix == ".tmp")
 
@@ -66,11 +72,7 @@ def test_segmentation_file_matches_the_real_mri_in_slicerio_and_simpleitk(tmp_pa
 def test_json_progress_stream_from_a_separate_process(tmp_path, tiny_model_dir):
     image = _volume(tmp_path, np.random.default_rng(0).random((20, 32, 32), dtype=np.float32))
     out = tmp_path / "out.seg.nrrd"
-    result = subprocess.run(
-        [sys.executable, "-m", "tmca.cli", "segment", str(image), "--report", REPORT, "--output", str(out),
-         "--model", str(tiny_model_dir), "--progress", "json", "--batch-size", "4"],
-        capture_output=True, text=True, timeout=300,
-    )
+    result = subprocess.run(_engine_command(image, out, tiny_model_dir, "--batch-size", "4"), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     progress = [e for e in events if e["event"] == "progress"]
@@ -86,11 +88,8 @@ def test_json_progress_stream_from_a_separate_process(tmp_path, tiny_model_dir):
 def test_sigterm_stops_with_no_output_file(tmp_path, tiny_model_dir):
     image = _volume(tmp_path, np.random.default_rng(0).random((400, 64, 64), dtype=np.float32))
     out = tmp_path / "out.seg.nrrd"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tmca.cli", "segment", str(image), "--report", REPORT, "--output", str(out),
-         "--model", str(tiny_model_dir), "--progress", "json", "--batch-size", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    process = subprocess.Popen(_engine_command(image, out, tiny_model_dir, "--batch-size", "2"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
         if '"segmenting"' in line and '"done": 0' not in line:
             break

@@ -138,3 +138,25 @@ def test_convnext_is_2d_only():
 def test_decoder_rejects_unknown_text_mode():
     with pytest.raises(ValueError):
         TMCADecoder(2, 1, (16, 24, 32, 64, 128), (32, 16, 16, 8, 8), 32, 384, 4, "film")
+
+
+@pytest.mark.parametrize("encoder", ["efficientnet_lite0", "small"])
+def test_inference_fusion_keeps_the_outputs(encoder, small_config, text_encoder):
+    import copy
+
+    from tmca.networks.fusion import fuse_for_inference
+
+    torch.manual_seed(0)
+    model = TMCANet(small_config(encoder=encoder), text_encoder)
+    for module in model.modules():  # non-trivial batch-norm statistics, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    fused = fuse_for_inference(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    image = torch.rand(2, 1, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(image, REPORTS).logits, model(image, REPORTS).logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        fuse_for_inference(TMCANet(small_config(), text_encoder).train())

@@ -1,5 +1,5 @@
 """Inference-only rewrites that keep outputs the same: batch norm folded into the convolution before it,
-and symmetric constant padding moved into the convolution."""
+symmetric constant padding moved into the convolution, and activations computed in place."""
 
 from __future__ import annotations
 
@@ -55,6 +55,8 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
                 setattr(module, conv_name, fold_batch_norm(getattr(module, conv_name), getattr(module, norm_name)))
                 setattr(module, norm_name, nn.Identity())
                 _absorb_symmetric_padding(module, conv_name, pad_name)
+        if isinstance(module, (nn.ReLU, nn.ReLU6)):
+            module.inplace = True  # no autograd at inference: each activation's input is not read again
         if isinstance(getattr(module, "stem", None), _CONV) and isinstance(getattr(module, "stem_norm", None), _NORM):
             module.stem = fold_batch_norm(module.stem, module.stem_norm)
             module.stem_norm = nn.Identity()

@@ -11,6 +11,18 @@ from typing import Iterator
 from tmca.errors import TMCAError
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise TMCAError unless ``path`` can be created or replaced (its folder exists and is writable)."""
+    target = Path(path)
+    folder = target.parent
+    if not folder.is_dir():
+        raise TMCAError(f"cannot write {target}: folder {folder} does not exist; create it or choose another output path")
+    if target.is_dir():
+        raise TMCAError(f"cannot write {target}: it is a folder")
+    if not os.access(folder, os.W_OK):
+        raise TMCAError(f"cannot write {target}: folder {folder} is not writable; choose another output path")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
@@ -21,11 +33,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     extension still work.
     """
     target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise TMCAError(f"cannot write {target}: folder {folder} does not exist; create it or choose another output path")
-    if not os.access(folder, os.W_OK):
-        raise TMCAError(f"cannot write {target}: folder {folder} is not writable; choose another output path")
+    check_writable(target)
+    folder = target.parent
     if suffix is None:
         suffix = "".join(target.suffixes) or ".tmp"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=folder)

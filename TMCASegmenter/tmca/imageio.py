@@ -84,7 +84,7 @@ def load_image(path: str | os.PathLike, series_uid: str | None = None, modality:
         raise TMCAError(f"image not found: {source}; check the path")
     raw = _read_any(source, series_uid)
     image, was_rgb = _to_scalar_float32(_as_3d(raw.image, source), raw.colour, source)
-    _validate_voxels(image, source)
+    validate_voxels(image, source)
     return LoadedImage(
         image=image,
         modality=requested_modality or _DICOM_MODALITY.get(raw.dicom_modality or "", "OT"),
@@ -437,7 +437,7 @@ def _to_scalar_float32(image: sitk.Image, colour: bool, source: Path) -> tuple[s
     )
 
 
-def _validate_voxels(image: sitk.Image, source: Path) -> None:
+def validate_voxels(image: sitk.Image, source: str | Path) -> None:
     """Reject images with NaN/Inf voxels or with all voxels equal."""
     voxels = sitk.GetArrayViewFromImage(image)
     if np.isnan(voxels).any():

@@ -18,14 +18,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from tmca.checkpoint import load_checkpoint
 from tmca.config import PLANE_AXIS
 from tmca.devices import resolve_device
 from tmca.errors import CancelledError, TMCAError
 from tmca.findings import Finding, segment_color, split_findings, tidy_text
-from tmca.imageio import LoadedImage, load_image
+from tmca.imageio import LoadedImage, load_image, validate_voxels
+from tmca.metrics import mask_statistics
 from tmca.models import resolve_model
 from tmca.networks.fusion import fuse_for_inference
 from tmca.networks.text_encoder import TextFeatures
@@ -66,18 +66,11 @@ class SegmentationResult:
 
     def __post_init__(self) -> None:
         self.masks = self.probabilities >= self.threshold
-        voxel_ml = float(np.prod(self.reference.GetSpacing())) / 1000.0
-        self.records = [
-            FindingRecord(
-                name=finding.name,
-                text=finding.text,
-                label_value=index + 1,
-                voxels=int(mask.sum()),
-                volume_ml=round(float(mask.sum()) * voxel_ml, 4),
-                components=int(ndimage.label(mask)[1]),
-            )
-            for index, (finding, mask) in enumerate(zip(self.findings, self.masks))
-        ]
+        voxel_mm3 = float(np.prod(self.reference.GetSpacing()))
+        self.records = []
+        for index, (finding, mask) in enumerate(zip(self.findings, self.masks)):
+            voxels, volume_ml, components = mask_statistics(mask, voxel_mm3)
+            self.records.append(FindingRecord(finding.name, finding.text, index + 1, voxels, round(volume_ml, 4), components))
 
     def save(self, output: str | Path, probability: str | Path | None = None, relevance: str | Path | None = None) -> None:
         """Write the segmentation (.seg.nrrd) and, when asked, the probability and relevance maps; each atomically."""
@@ -208,11 +201,7 @@ class Segmenter:
         if isinstance(image, sitk.Image):
             if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
                 raise TMCAError("pass a scalar 3D SimpleITK image (or a file path, which handles 2D, colour and DICOM)")
-            array = sitk.GetArrayViewFromImage(image)
-            if not np.isfinite(array).all():
-                raise TMCAError("the image contains NaN or infinite voxels; fix or mask them before segmenting")
-            if array.min() == array.max():
-                raise TMCAError("the image is constant (every voxel has the same value): there is nothing to segment")
+            validate_voxels(image, "the image")
             return LoadedImage(sitk.Cast(image, sitk.sitkFloat32), (modality or "OT").upper(), "<image>", None, False, False)
         return load_image(image, series_uid=series_uid, modality=modality)
 

@@ -81,3 +81,10 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with a face-neighbour outside it (the mask's boundary layer)."""
     return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1))
+
+
+def mask_statistics(mask: np.ndarray, voxel_volume_mm3: float) -> tuple[int, float, int]:
+    """(voxels, volume in mL, connected components with face connectivity) of a binary mask."""
+    voxels = int(np.count_nonzero(mask))
+    components = int(ndimage.label(np.asarray(mask) > 0)[1]) if voxels else 0
+    return voxels, voxels * voxel_volume_mm3 / 1000.0, components

@@ -32,6 +32,7 @@ import numpy as np
 
 from tmca.atomic import write_text_atomic
 from tmca.errors import TMCAError
+from tmca.metrics import dice, mask_statistics  # noqa: F401 (the module and its self-test use them from here)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -305,26 +306,10 @@ def match_findings_to_segments(findings: Sequence[Finding], segments: Sequence[t
     return pairs
 
 
-def mask_statistics(mask: np.ndarray, voxel_volume_mm3: float) -> tuple[int, float, int]:
-    """(voxels, volume in mL, connected components with face connectivity) of a binary mask."""
-    from scipy import ndimage  # shipped with Slicer and with the engine
-
-    voxels = int(np.count_nonzero(mask))
-    components = int(ndimage.label(mask > 0)[1]) if voxels else 0
-    return voxels, voxels * voxel_volume_mm3 / 1000.0, components
-
-
 def update_finding_statistics(finding: Finding, mask: np.ndarray, voxel_volume_mm3: float) -> Finding:
     """The finding with voxels, volume and components recomputed from ``mask``."""
     voxels, volume_ml, components = mask_statistics(mask, voxel_volume_mm3)
     return dataclasses.replace(finding, voxels=voxels, volume_ml=volume_ml, components=components)
-
-
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Dice overlap of two binary masks (1.0 when both are empty)."""
-    prediction, truth = np.asarray(prediction) > 0, np.asarray(truth) > 0
-    total = int(prediction.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(prediction, truth).sum()) / total
 
 
 # --------------------------------------------------------------------------- probability maps

@@ -450,7 +450,7 @@ def test_mask_statistics_and_dice():
     finding = support.update_finding_statistics(support.Finding("x", volume_ml=9.0), mask, 2.0)
     assert (finding.name, finding.voxels, finding.components) == ("x", 13, 2)
     assert support.dice(mask, mask) == 1.0 and support.dice(mask, np.zeros_like(mask)) == 0.0
-    assert support.dice(np.zeros(3), np.zeros(3)) == 1.0
+    assert support.dice(np.zeros((3, 3)), np.zeros((3, 3))) == 1.0  # masks are 2D or 3D
 
 
 def test_reports_csv_and_batch_summary(tmp_path):

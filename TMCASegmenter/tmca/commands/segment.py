@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from tmca.devices import DEVICE_CHOICES
+from tmca.atomic import check_writable
 from tmca.errors import TMCAError
 
 
@@ -45,21 +46,13 @@ def read_report(args: argparse.Namespace) -> str:
         raise TMCAError(f"cannot read report file {args.report_file}: {error}; save it as UTF-8 text") from None
 
 
-def check_writable(path: Path | None, suffixes: tuple[str, ...], what: str) -> None:
-    """Fail before any work when an output cannot be written."""
+def check_output(path: Path | None, suffixes: tuple[str, ...], what: str) -> None:
+    """Fail before any work when an output has the wrong kind of name or cannot be written."""
     if path is None:
         return
     if not str(path).lower().endswith(suffixes):
         raise TMCAError(f"{what} {path} must end with {' or '.join(suffixes)}")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise TMCAError(f"cannot write {path}: folder {folder} does not exist; create it or choose another path")
-    if path.is_dir():
-        raise TMCAError(f"cannot write {path}: it is a folder")
-    import os
-
-    if not os.access(folder, os.W_OK):
-        raise TMCAError(f"cannot write {path}: folder {folder} is not writable")
+    check_writable(path)
 
 
 VOLUME_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".nhdr")
@@ -70,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
     from tmca.progress import make_progress
 
     report = read_report(args)
-    check_writable(args.output, (".seg.nrrd", ".nrrd"), "output")
-    check_writable(args.probability, VOLUME_SUFFIXES, "probability map")
-    check_writable(args.relevance, VOLUME_SUFFIXES, "relevance map")
+    check_output(args.output, (".seg.nrrd", ".nrrd"), "output")
+    check_output(args.probability, VOLUME_SUFFIXES, "probability map")
+    check_output(args.relevance, VOLUME_SUFFIXES, "relevance map")
     if not Path(args.input).exists():
         raise TMCAError(f"input not found: {args.input}")
     progress = make_progress(args.progress)

@@ -9,6 +9,7 @@ hold several lesions of which the report names only some (the text must pick the
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
@@ -35,6 +36,15 @@ def mean_dice(results: dict, cases: set[str] | None = None) -> float:
     return round(float(np.mean(values)), 4) if values else float("nan")
 
 
+def write_per_case(path: Path, correct: dict, shuffled: dict, subset: set[str]) -> None:
+    shuffled_dice = {c["case"]: c["dice"] for c in shuffled["cases"]}
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case", "subset", "dice_correct", "dice_shuffled", "report"])
+        for c in correct["cases"]:
+            writer.writerow([c["case"], c["case"] in subset, round(c["dice"], 4), round(shuffled_dice[c["case"]], 4), c["report"]])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -42,6 +52,7 @@ def main() -> None:
     parser.add_argument("--format", default="csv")
     parser.add_argument("--split", default="Test")
     parser.add_argument("--json", type=Path, help="write the numbers here")
+    parser.add_argument("--per-case", type=Path, help="write a CSV of every case: subset, Dice correct, Dice shuffled, report")
     args = parser.parse_args()
     samples = load_split(args.data, args.format, args.split)
     segmenter = Segmenter(args.model, device="cpu")
@@ -62,6 +73,8 @@ def main() -> None:
         "subset_dice_shuffled": mean_dice(shuffled, subset),
     }
     print(json.dumps(summary, indent=2))
+    if args.per_case:
+        write_per_case(args.per_case, correct, shuffled, subset)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
 

@@ -34,7 +34,7 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import IntEnum
 from pathlib import Path
 from typing import Protocol
@@ -787,7 +787,7 @@ def _blob(rng: np.random.Generator, shape: tuple[int, int, int], centre: np.ndar
 
 def write_dataset(
     output: str | Path, cases: int, modality: str, dims: int, seed: int, size: int | None = None, depth: int = DEFAULT_DEPTH,
-    subset_probability: float = SUBSET_PROBABILITY,
+    subset_probability: float = SUBSET_PROBABILITY, reports_per_case: int = 1,
 ) -> dict[str, list[str]]:
     """Generate ``cases`` cases and write them under ``output``; returns split -> case names.
 
@@ -795,10 +795,14 @@ def write_dataset(
     display window; mask 0/255) and ``{Split}_text.xlsx`` (columns ``Image``, ``Description``).
     3D: ``images/<case>.nii.gz`` (CT int16 HU, MR int16, US uint8; LPS, identity direction,
     non-zero origin), ``masks/<case>.nii.gz`` (uint8 0/1), ``reports/<case>.txt`` and
-    ``manifest.csv`` (``image,mask,report,split``, paths relative to ``output``).
+    ``manifest.csv`` (``image,mask,report,split,case``, paths relative to ``output``).
     Both: ``synth.json`` with the parameters and every case's lesions. Case i is generated from
     ``np.random.default_rng([seed, i])``; the 70/10/20 split is a permutation by ``seed``.
-    Every file is written atomically.
+
+    ``reports_per_case`` > 1 gives each Train case with several lesions up to that many reports in
+    all, each naming another non-empty set of its lesions with its own mask (written as case
+    ``<case>_r<k>``; 3D rows share the case's image file, 2D rows get a copy of it). The cases
+    themselves and the Val and Test splits are the same as with 1. Every file is written atomically.
     """
     size = size or (DEFAULT_SIZE_2D if dims == 2 else DEFAULT_SIZE_3D)
     _check_arguments(modality, dims, size, depth)
@@ -806,16 +810,22 @@ def write_dataset(
         raise TMCAError(f"--cases must be at least 1, not {cases}")
     if seed < 0:
         raise TMCAError(f"--seed must be >= 0, not {seed}")
+    if reports_per_case < 1:
+        raise TMCAError(f"--reports-per-case must be at least 1, not {reports_per_case}")
     root = Path(output)
     names = [f"{modality}_{i:0{max(4, len(str(cases - 1)))}d}" for i in range(cases)]
     splits = _assign_splits(cases, seed)
     records = []
     for i, name in enumerate(names):
         case = generate_case(np.random.default_rng([seed, i]), modality, dims, size, depth, subset_probability)
-        if dims == 2:
-            _write_png_case(root, name, splits[i], case)
-        else:
-            _write_volume_case(root, name, case)
+        variants = []
+        if splits[i] == SPLITS[0] and reports_per_case > 1:
+            variants = report_variants(np.random.default_rng([seed, i, 1]), case, reports_per_case - 1)
+        for variant_name, variant in [(name, case), *((f"{name}_r{k}", v) for k, v in enumerate(variants, start=1))]:
+            if dims == 2:
+                _write_png_case(root, variant_name, splits[i], variant)
+            else:
+                _write_volume_case(root, variant_name, variant, image=variant is case)
         records.append(
             {
                 "case": name,
@@ -823,6 +833,10 @@ def write_dataset(
                 "report": case.report,
                 "style": case.style,
                 "lesions": [asdict(lesion) for lesion in case.lesions],
+                "variants": [
+                    {"case": f"{name}_r{k}", "report": v.report, "described": [lesion.described for lesion in v.lesions]}
+                    for k, v in enumerate(variants, start=1)
+                ],
             }
         )
     if dims == 2:
@@ -830,8 +844,31 @@ def write_dataset(
     else:
         _write_manifest(root, records)
     parameters = {"modality": modality, "dims": dims, "seed": seed, "size": size, "depth": depth if dims == 3 else 1}
-    write_text_atomic(root / "synth.json", json.dumps({**parameters, "cases": records}, indent=1))
+    write_text_atomic(root / "synth.json", json.dumps({**parameters, "reports_per_case": reports_per_case, "cases": records}, indent=1))
     return {split: [r["case"] for r in records if r["split"] == split] for split in SPLITS}
+
+
+def report_variants(rng: np.random.Generator, case: SynthCase, count: int) -> list[SynthCase]:
+    """Up to ``count`` copies of ``case`` whose reports name other non-empty sets of its lesions.
+
+    Each copy shares the image and lesions, with ``described``, ``mask`` and ``report`` (in a
+    random style) for its own set; the sets differ from each other and from the case's own.
+    A case with fewer than two lesions has no variants.
+    """
+    n = len(case.lesions)
+    if n < 2:
+        return []
+    own = sum(1 << j for j, lesion in enumerate(case.lesions) if lesion.described)
+    others = [bits for bits in range(1, 1 << n) if bits != own]
+    chosen = [others[j] for j in rng.permutation(len(others))[:count]]
+    variants = []
+    for bits in chosen:
+        lesions = [replace(lesion, described=bool(bits >> j & 1)) for j, lesion in enumerate(case.lesions)]
+        mask = np.any([m for m, lesion in zip(case.lesion_masks, lesions) if lesion.described], axis=0).astype(np.uint8)
+        style = str(rng.choice(report_styles(case.modality)))
+        report = describe([lesion for lesion in lesions if lesion.described], case.modality, style)
+        variants.append(replace(case, mask=mask, lesions=lesions, report=report, style=style))
+    return variants
 
 
 def _assign_splits(cases: int, seed: int) -> list[str]:
@@ -863,12 +900,15 @@ def _write_png_case(root: Path, name: str, split: str, case: SynthCase) -> None:
             Image.fromarray(array).save(tmp, format="PNG")
 
 
-def _write_volume_case(root: Path, name: str, case: SynthCase) -> None:
+def _write_volume_case(root: Path, name: str, case: SynthCase, image: bool = True) -> None:
+    """``masks/<name>.nii.gz``, ``reports/<name>.txt`` and, with ``image``, ``images/<name>.nii.gz``."""
     import SimpleITK as sitk
 
     dtypes = {"ct": np.int16, "mr": np.int16, "us": np.uint8}
-    image = np.round(case.image).astype(dtypes[case.modality])
-    for folder, array in (("images", image), ("masks", case.mask)):
+    arrays = [("masks", case.mask)]
+    if image:
+        arrays.insert(0, ("images", np.round(case.image).astype(dtypes[case.modality])))
+    for folder, array in arrays:
         volume = sitk.GetImageFromArray(array)
         spacing_xyz = tuple(float(s) for s in reversed(case.spacing))
         volume.SetSpacing(spacing_xyz)
@@ -891,18 +931,21 @@ def _write_sheets(root: Path, records: list[dict]) -> None:
         sheet.append(["Image", "Description"])
         for record in records:
             if record["split"] == split:
-                sheet.append([f"{record['case']}.png", record["report"]])
+                for row in (record, *record["variants"]):
+                    sheet.append([f"{row['case']}.png", row["report"]])
         root.mkdir(parents=True, exist_ok=True)
         with atomic_path(root / f"{split}_text.xlsx") as tmp:
             workbook.save(tmp)
 
 
 def _write_manifest(root: Path, records: list[dict]) -> None:
-    """``manifest.csv``: image, mask, report (a .txt path), split; paths relative to ``root``."""
+    """``manifest.csv``: image, mask, report (a .txt path), split, case; paths relative to ``root``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "mask", "report", "split"])
+    writer.writerow(["image", "mask", "report", "split", "case"])
     for record in records:
-        name = record["case"]
-        writer.writerow([f"images/{name}.nii.gz", f"masks/{name}.nii.gz", f"reports/{name}.txt", record["split"]])
+        image = f"images/{record['case']}.nii.gz"
+        for row in (record, *record["variants"]):
+            name = row["case"]
+            writer.writerow([image, f"masks/{name}.nii.gz", f"reports/{name}.txt", record["split"], name])
     write_text_atomic(root / "manifest.csv", buffer.getvalue())

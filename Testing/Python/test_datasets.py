@@ -201,11 +201,12 @@ def test_masks_count_any_colour_or_palette_index_but_never_alpha(tmp_path):
     rgba[..., 3] = 255  # opaque everywhere
     rgba[8:16, 20:28, 1] = 180  # a green target
     _png(tmp_path / "img" / "x.png", _grey())
+    _png(tmp_path / "img" / "y.png", _grey(seed=1))
     _png(tmp_path / "mask" / "x.png", rgba)
     palette = Image.fromarray((_mask() > 0).astype(np.uint8), mode="L").convert("P")
     palette.save(tmp_path / "mask" / "y.png")
     _write_csv(
-        tmp_path / "manifest.csv", ["image", "mask", "report"], [["img/x.png", "mask/x.png", "r."], ["img/x.png", "mask/y.png", "r."]]
+        tmp_path / "manifest.csv", ["image", "mask", "report"], [["img/x.png", "mask/x.png", "r."], ["img/y.png", "mask/y.png", "r."]]
     )
     dataset = SliceDataset(load_samples(tmp_path, "csv", "all").samples, image_size=32)
     for index in range(2):
@@ -218,6 +219,41 @@ def test_slice_dataset_volume_slices_prefer_the_target(csv_root):
     assert len(dataset) == 10
     with_target = [bool(dataset[i % 10]["mask"].any()) for i in range(300)]
     assert 0.7 < np.mean(with_target) < 0.9
+
+
+def test_reports_of_one_scan_share_its_image_and_show_each_other_target_slices(tmp_path):
+    volume = np.zeros((20, 24, 24), dtype=np.int16)
+    volume[:, 4:20, 4:20] = 100
+    volume[np.arange(20), 1, np.arange(20)] = 1000  # slice k has a marker at column k
+    upper, lower = np.zeros_like(volume, dtype=np.uint8), np.zeros_like(volume, dtype=np.uint8)
+    upper[2:4, 6:10, 6:10] = 1
+    lower[15:17, 14:18, 14:18] = 1
+    _volume(tmp_path / "scan.nii.gz", volume)
+    _volume(tmp_path / "other.nii.gz", volume)
+    _volume(tmp_path / "upper.nii.gz", upper)
+    _volume(tmp_path / "lower.nii.gz", lower)
+    _write_csv(
+        tmp_path / "manifest.csv",
+        ["image", "mask", "report", "case"],
+        [
+            ["scan.nii.gz", "upper.nii.gz", "Upper nodule.", "a"],
+            ["scan.nii.gz", "lower.nii.gz", "Lower nodule.", "b"],
+            ["other.nii.gz", "upper.nii.gz", "Upper nodule.", "c"],
+        ],
+    )
+    dataset = SliceDataset(load_samples(tmp_path, "csv", "all").samples, image_size=24)
+    assert len(dataset) == 40  # items per scan: 20 slices each, not per report
+    items = [dataset[i % 20] for i in range(800)]  # items 0-19 are the shared scan's slices
+    reports = np.array([item["report"] for item in items])
+    assert 0.4 < np.mean(reports == "Upper nodule.") < 0.6  # each item serves one of the scan's two reports
+    upper_items = [item for item in items if item["report"] == "Upper nodule."]
+    slices = np.array([int(item["image"][0, 1].argmax()) for item in upper_items])
+    with_target = np.array([bool(item["mask"].any()) for item in upper_items])
+    assert set(slices[with_target]) == {2, 3} and 0.7 < with_target.mean() < 0.9
+    # of the target-free picks, about half are the other report's target slices (uniform: 2 of 18)
+    other_target = np.isin(slices[~with_target], [15, 16])
+    assert len(other_target) > 30 and 0.35 < other_target.mean() < 0.75
+    assert len(dataset._cache._entries) == 3  # one cached image for both reports, and two masks
 
 
 def test_augmentation_never_flips_left_right_or_up_down(tmp_path):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from tmca.cli import main
 from tmca.findings import split_findings
-from tmca.synth import NO_FINDING_REPORT, Lesion, Tissue, describe, generate_case, report_styles, write_dataset
+from tmca.synth import NO_FINDING_REPORT, Lesion, Tissue, describe, generate_case, report_styles, report_variants, write_dataset
 
 KINDS = [("ct", 2), ("xr", 2), ("mr", 2), ("us", 2), ("ct", 3), ("mr", 3), ("us", 3)]
 
@@ -173,7 +173,7 @@ def test_3d_dataset_has_geometry_reports_and_manifest(tmp_path):
     write_dataset(tmp_path, 3, "ct", 3, seed=0, size=64, depth=16)
     with (tmp_path / "manifest.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["image", "mask", "report", "split"] and len(rows) == 3
+    assert list(rows[0]) == ["image", "mask", "report", "split", "case"] and len(rows) == 3
     for row in rows:
         image, mask = sitk.ReadImage(str(tmp_path / row["image"])), sitk.ReadImage(str(tmp_path / row["mask"]))
         assert image.GetPixelID() == sitk.sitkInt16 and mask.GetPixelID() == sitk.sitkUInt8
@@ -184,8 +184,65 @@ def test_3d_dataset_has_geometry_reports_and_manifest(tmp_path):
         assert (tmp_path / row["report"]).read_text().strip()
 
 
+def test_report_variants_name_other_lesion_sets_of_the_same_scan():
+    cases = [c for c in _cases("ct", 2, 40) if len(c.lesions) == 3][:3]
+    assert cases
+    for case in cases:
+        variants = report_variants(np.random.default_rng(0), case, 10)
+        sets = [tuple(lesion.described for lesion in v.lesions) for v in variants]
+        assert len(variants) == 6  # the seven non-empty sets of three lesions, less the case's own
+        assert len(set(sets)) == 6 and tuple(lesion.described for lesion in case.lesions) not in sets and (False,) * 3 not in sets
+        for variant, described in zip(variants, sets):
+            assert variant.image is case.image
+            union = np.any([m for m, d in zip(case.lesion_masks, described) if d], axis=0)
+            assert np.array_equal(variant.mask.astype(bool), union)
+            assert [lesion.location in variant.report for lesion in variant.lesions] == list(described)
+    single = next(c for c in _cases("ct", 2, 40) if len(c.lesions) == 1)
+    assert report_variants(np.random.default_rng(0), single, 3) == []
+
+
+def test_reports_per_case_adds_train_rows_that_share_the_scan_and_keep_the_held_out_splits(tmp_path):
+    write_dataset(tmp_path / "one", 12, "ct", 3, seed=4, size=64, depth=16)
+    write_dataset(tmp_path / "many", 12, "ct", 3, seed=4, size=64, depth=16, reports_per_case=3)
+    rows = {}
+    for name in ("one", "many"):
+        with (tmp_path / name / "manifest.csv").open(newline="") as handle:
+            rows[name] = list(csv.DictReader(handle))
+    extra = [row for row in rows["many"] if row["case"].endswith(("_r1", "_r2"))]
+    assert extra and {row["split"] for row in extra} == {"Train"}
+    assert [row for row in rows["many"] if row not in extra] == rows["one"]
+    for row in rows["one"]:
+        assert (tmp_path / "one" / row["image"]).read_bytes() == (tmp_path / "many" / row["image"]).read_bytes()
+        assert (tmp_path / "one" / row["mask"]).read_bytes() == (tmp_path / "many" / row["mask"]).read_bytes()
+    meta = json.loads((tmp_path / "many" / "synth.json").read_text())
+    for row in extra:
+        case = row["case"].rsplit("_r", 1)[0]
+        assert row["image"] == f"images/{case}.nii.gz" and not (tmp_path / "many" / "images" / f"{row['case']}.nii.gz").exists()
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "many" / row["mask"])))
+        record = next(c for c in meta["cases"] if c["case"] == case)
+        variant = next(v for v in record["variants"] if v["case"] == row["case"])
+        assert mask.any() and (tmp_path / "many" / row["report"]).read_text().strip() == variant["report"]
+        named = [lesion["location"] for lesion, d in zip(record["lesions"], variant["described"]) if d]
+        assert named and all(location in variant["report"] for location in named)
+
+
+def test_reports_per_case_in_2d_gives_each_report_its_own_lvit_image_and_mask(tmp_path):
+    splits = write_dataset(tmp_path, 12, "xr", 2, seed=4, size=64, reports_per_case=2)
+    sheet = load_workbook(tmp_path / "Train_text.xlsx", read_only=True).worksheets[0]
+    names = [row[0][: -len(".png")] for row in list(sheet.iter_rows(values_only=True))[1:]]
+    variants = [name for name in names if name.endswith("_r1")]
+    assert variants and len(names) == len(splits["Train"]) + len(variants)
+    for name in variants:
+        case = name[: -len("_r1")]
+        folder = tmp_path / "Train_Folder"
+        assert (folder / "img" / f"{name}.png").read_bytes() == (folder / "img" / f"{case}.png").read_bytes()
+        assert (folder / "labelcol" / f"{name}.png").read_bytes() != (folder / "labelcol" / f"{case}.png").read_bytes()
+
+
 def test_cli_writes_a_dataset_and_rejects_3d_radiographs(tmp_path, capsys):
     assert main(["synth", "--output", str(tmp_path / "xr"), "--cases", "3", "--modality", "xr", "--size", "64"]) == 0
     assert (tmp_path / "xr" / "Train_text.xlsx").is_file()
     assert main(["synth", "--output", str(tmp_path / "bad"), "--modality", "xr", "--dims", "3"]) == 2
     assert "2D only" in capsys.readouterr().err
+    assert main(["synth", "--output", str(tmp_path / "bad"), "--reports-per-case", "0"]) == 2
+    assert "--reports-per-case must be at least 1" in capsys.readouterr().err

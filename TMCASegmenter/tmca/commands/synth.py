@@ -28,6 +28,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help=f"in-plane size in pixels (default {DEFAULT_SIZE_2D} for 2D, {DEFAULT_SIZE_3D} for 3D)")
     parser.add_argument("--subset-fraction", type=float, default=SUBSET_PROBABILITY,
                         help=f"share of multi-lesion cases whose report names only some lesions (default {SUBSET_PROBABILITY})")
+    parser.add_argument("--reports-per-case", type=int, default=1,
+                        help="Train cases with several lesions get up to this many reports in all, each naming another set "
+                             "of their lesions with its own mask (default 1: one report per case)")
     parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, help=f"slices per 3D volume (default {DEFAULT_DEPTH})")
     return parser
 
@@ -38,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if not 0.0 <= args.subset_fraction <= 1.0:
         raise TMCAError(f"--subset-fraction must be between 0 and 1, not {args.subset_fraction}")
-    splits = write_dataset(args.output, args.cases, args.modality, args.dims, args.seed, args.size, args.depth, args.subset_fraction)
+    splits = write_dataset(
+        args.output, args.cases, args.modality, args.dims, args.seed, args.size, args.depth, args.subset_fraction, args.reports_per_case
+    )
     counts = ", ".join(f"{split} {len(names)}" for split, names in splits.items())
     print(f"wrote {args.cases} {args.modality} {args.dims}D cases to {args.output} ({counts}) in {time.perf_counter() - start:.1f} s")
     return 0

@@ -55,6 +55,7 @@ SPLITS = ("Train", "Val", "Test")
 QATA_VAL_FRACTION = 0.2
 HASH_SPLIT_FRACTIONS = (0.7, 0.1)  # Train, Val; Test takes the rest (csv without a split column)
 TARGET_SLICE_PROBABILITY = 0.8
+HARD_NEGATIVE_PROBABILITY = 0.5  # of target-free picks, when another report of the scan has a target there
 VOLUME_CACHE_BYTES = 2 * 1024**3  # per process (each DataLoader worker has its own cache)
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 MASK_PREFIX = "mask_"
@@ -408,10 +409,16 @@ class SliceDataset(torch.utils.data.Dataset):
     """2D training items from samples: ``{"image": (1, S, S) float32 in [0, 1], "mask": (1, S, S)
     float32 in {0, 1}, "report": str}``.
 
-    A 2D sample is one item. A 3D volume contributes one item per slice along ``plane``'s axis; each such item serves
-    a random slice of its volume: with probability 0.8 one that contains the target (when the
-    volume has any), otherwise one that does not. Volumes are cached after the first read
-    (normalised, float16, up to ``VOLUME_CACHE_BYTES`` per process, least recently used out).
+    Items are counted per scan (image file): a 2D image is one item, a 3D volume one item per
+    slice along ``plane``'s axis, however many samples (reports with their masks) share the scan;
+    each item serves one of the scan's samples at random, so a scan with several reports weighs as
+    much as one with a single report. A volume's item serves a random slice of it: with probability
+    TARGET_SLICE_PROBABILITY one that contains the sample's target (when there is any), otherwise one
+    that does not. Reports of one scan that name other findings teach the text the most on each
+    other's target slices, so with probability HARD_NEGATIVE_PROBABILITY those target-free picks come
+    from slices where another report of the scan has its target. Volumes are cached after the first
+    read (normalised float16 images once per file, masks per sample, up to ``VOLUME_CACHE_BYTES`` per
+    process, least recently used out).
 
     Images are normalised like inference does (``modality``, ``intensity_policy``) and resized
     to S x S with antialiased bilinear interpolation; masks with the same interpolation then
@@ -441,19 +448,27 @@ class SliceDataset(torch.utils.data.Dataset):
         self.slice_axis = PLANE_AXIS[plane]
         self.intensity_policy = intensity_policy
         self.seed = seed
-        self._item_sample = np.repeat(np.arange(len(self.samples)), [_slice_count(s.image, self.slice_axis) for s in self.samples])
+        by_image: dict[Path, list[int]] = {}
+        for index, sample in enumerate(self.samples):
+            by_image.setdefault(sample.image, []).append(index)
+        self._scan_samples = list(by_image.values())
+        self._item_scan = np.repeat(
+            np.arange(len(self._scan_samples)), [_slice_count(self.samples[rows[0]].image, self.slice_axis) for rows in self._scan_samples]
+        )
+        self._siblings = {index: [j for j in by_image[s.image] if j != index] for index, s in enumerate(self.samples)}
+        self._targets: dict[int, np.ndarray] = {}  # sample -> bool (D,) slices with target, kept when its mask is evicted
         self._transforms = _augmentation() if augment else None
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
-        self._cache_bytes = 0
+        self._cache = _LRUCache(VOLUME_CACHE_BYTES)
         self._rng: np.random.Generator | None = None
         self._rng_key: int | None = None
 
     def __len__(self) -> int:
-        return len(self._item_sample)
+        return len(self._item_scan)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = self._random()
-        sample_index = int(self._item_sample[index])
+        rows = self._scan_samples[int(self._item_scan[index])]
+        sample_index = rows[0] if len(rows) == 1 else rows[int(rng.integers(len(rows)))]
         image, mask = self._slice(sample_index, rng)
         image_t = _resize(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), self.image_size)
         mask_t = (_resize(torch.from_numpy(mask.astype(np.float32)), self.image_size) >= 0.5).float()
@@ -477,35 +492,77 @@ class SliceDataset(torch.utils.data.Dataset):
         """(image (H, W) float32 in [0, 1], mask (H, W) bool) of one sample, a random slice of a volume."""
         sample = self.samples[sample_index]
         if _is_raster(sample.image):
-            image, mask = self._read(sample)
-            return image[0], mask[0]
-        image, mask, target = self._volume(sample_index)
-        k = _pick_slice(rng, target)
+            image = self._read_image(sample)
+            return image[0], self._read_mask(sample, image.shape)[0]
+        image = self._volume_image(sample)
+        mask = self._volume_mask(sample_index, image.shape)
+        target = self._targets[sample_index]
+        siblings = self._siblings[sample_index]
+        others = np.zeros_like(target)
+        for j in siblings:
+            others |= self._sibling_target(j, image.shape)
+        k = _pick_slice(rng, target, others)
         return image[k].astype(np.float32), mask[k]
 
-    def _read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-        image = read_image(sample.image, self.modality, self.intensity_policy)
-        mask = read_mask(sample.mask)
-        if image.shape != mask.shape:
-            raise TMCAError(f"mask {sample.mask} has shape {mask.shape}, image {sample.image} has {image.shape}; they must match")
-        return image, mask
+    def _read_image(self, sample: Sample) -> np.ndarray:
+        return read_image(sample.image, self.modality, self.intensity_policy)
 
-    def _volume(self, sample_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(image float16 (D, H, W), mask bool (D, H, W), bool (D,) slices with target), cached."""
-        if sample_index in self._cache:
-            self._cache.move_to_end(sample_index)
-            return self._cache[sample_index]
-        image, mask = self._read(self.samples[sample_index])
-        image, mask = np.moveaxis(image, self.slice_axis, 0), np.moveaxis(mask, self.slice_axis, 0)  # slices first
-        entry = (np.ascontiguousarray(image, dtype=np.float16), np.ascontiguousarray(mask), mask.any(axis=(1, 2)))
-        size = entry[0].nbytes + entry[1].nbytes
-        while self._cache and self._cache_bytes + size > VOLUME_CACHE_BYTES:
-            _, old = self._cache.popitem(last=False)
-            self._cache_bytes -= old[0].nbytes + old[1].nbytes
-        if size <= VOLUME_CACHE_BYTES:
-            self._cache[sample_index] = entry
-            self._cache_bytes += size
-        return entry
+    def _read_mask(self, sample: Sample, image_shape: tuple[int, ...]) -> np.ndarray:
+        mask = read_mask(sample.mask)
+        if mask.shape != tuple(image_shape):
+            raise TMCAError(f"mask {sample.mask} has shape {mask.shape}, image {sample.image} has {tuple(image_shape)}; they must match")
+        return mask
+
+    def _volume_image(self, sample: Sample) -> np.ndarray:
+        """Float16 (D, H, W), slices first, cached per image file."""
+        key = ("image", sample.image)
+        image = self._cache.get(key)
+        if image is None:
+            image = np.ascontiguousarray(np.moveaxis(self._read_image(sample), self.slice_axis, 0), dtype=np.float16)
+            self._cache.put(key, image)
+        return image
+
+    def _volume_mask(self, sample_index: int, slices_first_shape: tuple[int, ...]) -> np.ndarray:
+        """Bool (D, H, W), slices first, cached per sample; records the sample's target slices."""
+        key = ("mask", sample_index)
+        mask = self._cache.get(key)
+        if mask is None:
+            sample = self.samples[sample_index]
+            file_shape = list(slices_first_shape[1:])
+            file_shape.insert(self.slice_axis, slices_first_shape[0])
+            mask = np.ascontiguousarray(np.moveaxis(self._read_mask(sample, file_shape), self.slice_axis, 0))
+            self._cache.put(key, mask)
+            self._targets[sample_index] = mask.any(axis=(1, 2))
+        return mask
+
+    def _sibling_target(self, sample_index: int, slices_first_shape: tuple[int, ...]) -> np.ndarray:
+        if sample_index not in self._targets:
+            self._volume_mask(sample_index, slices_first_shape)
+        return self._targets[sample_index]
+
+
+class _LRUCache:
+    """Arrays by key, least recently used out beyond ``max_bytes`` in all."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: Any) -> np.ndarray | None:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        return None
+
+    def put(self, key: Any, value: np.ndarray) -> None:
+        if value.nbytes > self.max_bytes:
+            return
+        while self._entries and self._bytes + value.nbytes > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self._bytes -= old.nbytes
+        self._entries[key] = value
+        self._bytes += value.nbytes
 
 
 def _is_raster(path: Path) -> bool:
@@ -520,11 +577,17 @@ def _slice_count(path: Path, axis: int = 0) -> int:
     return shape[axis] if len(shape) == 3 else 1
 
 
-def _pick_slice(rng: np.random.Generator, target: np.ndarray) -> int:
-    """A slice index: one with target (bool (D,)) with probability TARGET_SLICE_PROBABILITY, else one without."""
+def _pick_slice(rng: np.random.Generator, target: np.ndarray, others: np.ndarray | None = None) -> int:
+    """A slice index: one with target (bool (D,)) with probability TARGET_SLICE_PROBABILITY, else one
+    without; of those, with probability HARD_NEGATIVE_PROBABILITY one where ``others`` (bool (D,),
+    the targets of other reports of the same scan) is true, when there is such a slice."""
     with_target, without = np.flatnonzero(target), np.flatnonzero(~target)
     use_target = len(with_target) > 0 and (len(without) == 0 or rng.random() < TARGET_SLICE_PROBABILITY)
-    pool = with_target if use_target else without
+    if use_target:
+        pool = with_target
+    else:
+        hard = np.flatnonzero(others & ~target) if others is not None else without[:0]
+        pool = hard if len(hard) and rng.random() < HARD_NEGATIVE_PROBABILITY else without
     return int(pool[rng.integers(len(pool))])
 
 

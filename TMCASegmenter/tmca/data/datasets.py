@@ -409,16 +409,15 @@ class SliceDataset(torch.utils.data.Dataset):
     """2D training items from samples: ``{"image": (1, S, S) float32 in [0, 1], "mask": (1, S, S)
     float32 in {0, 1}, "report": str}``.
 
-    Items are counted per scan (image file): a 2D image is one item, a 3D volume one item per
-    slice along ``plane``'s axis, however many samples (reports with their masks) share the scan;
-    each item serves one of the scan's samples at random, so a scan with several reports weighs as
-    much as one with a single report. A volume's item serves a random slice of it: with probability
-    TARGET_SLICE_PROBABILITY one that contains the sample's target (when there is any), otherwise one
-    that does not. Reports of one scan that name other findings teach the text the most on each
-    other's target slices, so with probability HARD_NEGATIVE_PROBABILITY those target-free picks come
-    from slices where another report of the scan has its target. Volumes are cached after the first
-    read (normalised float16 images once per file, masks per sample, up to ``VOLUME_CACHE_BYTES`` per
-    process, least recently used out).
+    A 2D sample is one item. A 3D volume contributes one item per slice along ``plane``'s axis; each such item serves
+    a random slice of its volume: with probability TARGET_SLICE_PROBABILITY one that contains the
+    target (when the volume has any), otherwise one that does not. Several samples may share one
+    image file (one scan, several reports that each name other findings, each with its own mask);
+    they teach the text the most on each other's target slices, so with probability
+    HARD_NEGATIVE_PROBABILITY a target-free pick comes from a slice where another sample of the
+    same scan has its target. Volumes are cached after the first read (normalised float16 images
+    once per file, masks per sample, up to ``VOLUME_CACHE_BYTES`` per process, least recently used
+    out).
 
     Images are normalised like inference does (``modality``, ``intensity_policy``) and resized
     to S x S with antialiased bilinear interpolation; masks with the same interpolation then
@@ -448,13 +447,10 @@ class SliceDataset(torch.utils.data.Dataset):
         self.slice_axis = PLANE_AXIS[plane]
         self.intensity_policy = intensity_policy
         self.seed = seed
+        self._item_sample = np.repeat(np.arange(len(self.samples)), [_slice_count(s.image, self.slice_axis) for s in self.samples])
         by_image: dict[Path, list[int]] = {}
         for index, sample in enumerate(self.samples):
             by_image.setdefault(sample.image, []).append(index)
-        self._scan_samples = list(by_image.values())
-        self._item_scan = np.repeat(
-            np.arange(len(self._scan_samples)), [_slice_count(self.samples[rows[0]].image, self.slice_axis) for rows in self._scan_samples]
-        )
         self._siblings = {index: [j for j in by_image[s.image] if j != index] for index, s in enumerate(self.samples)}
         self._targets: dict[int, np.ndarray] = {}  # sample -> bool (D,) slices with target, kept when its mask is evicted
         self._transforms = _augmentation() if augment else None
@@ -463,12 +459,11 @@ class SliceDataset(torch.utils.data.Dataset):
         self._rng_key: int | None = None
 
     def __len__(self) -> int:
-        return len(self._item_scan)
+        return len(self._item_sample)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = self._random()
-        rows = self._scan_samples[int(self._item_scan[index])]
-        sample_index = rows[0] if len(rows) == 1 else rows[int(rng.integers(len(rows)))]
+        sample_index = int(self._item_sample[index])
         image, mask = self._slice(sample_index, rng)
         image_t = _resize(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), self.image_size)
         mask_t = (_resize(torch.from_numpy(mask.astype(np.float32)), self.image_size) >= 0.5).float()

@@ -821,11 +821,12 @@ def write_dataset(
         variants = []
         if splits[i] == SPLITS[0] and reports_per_case > 1:
             variants = report_variants(np.random.default_rng([seed, i, 1]), case, reports_per_case - 1)
-        for variant_name, variant in [(name, case), *((f"{name}_r{k}", v) for k, v in enumerate(variants, start=1))]:
+        named = [(name, case), *((f"{name}_r{k}", variant) for k, variant in enumerate(variants, start=1))]
+        for row_name, row in named:
             if dims == 2:
-                _write_png_case(root, variant_name, splits[i], variant)
+                _write_png_case(root, row_name, splits[i], row)
             else:
-                _write_volume_case(root, variant_name, variant, image=variant is case)
+                _write_volume_case(root, row_name, row, image=row is case)
         records.append(
             {
                 "case": name,
@@ -834,8 +835,8 @@ def write_dataset(
                 "style": case.style,
                 "lesions": [asdict(lesion) for lesion in case.lesions],
                 "variants": [
-                    {"case": f"{name}_r{k}", "report": v.report, "described": [lesion.described for lesion in v.lesions]}
-                    for k, v in enumerate(variants, start=1)
+                    {"case": row_name, "report": row.report, "described": [lesion.described for lesion in row.lesions]}
+                    for row_name, row in named[1:]
                 ],
             }
         )

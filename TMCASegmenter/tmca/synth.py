@@ -638,7 +638,8 @@ _PHANTOMS = {
 
 
 def generate_case(
-    rng: np.random.Generator, modality: str, dims: int, size: int = 256, depth: int = 32, subset_probability: float = SUBSET_PROBABILITY
+    rng: np.random.Generator, modality: str, dims: int, size: int = 256, depth: int = 32, subset_probability: float = SUBSET_PROBABILITY,
+    no_finding_probability: float = NO_FINDING_PROBABILITY,
 ) -> SynthCase:
     """Generate one case: a ``size`` x ``size`` image (x ``depth`` slices in 3D), lesions, a report.
 
@@ -652,7 +653,7 @@ def generate_case(
     for k in range(grid.shape[0]):
         field[k], labels[k] = phantom.anatomy(k)
     cells = [cell for cell in phantom.cells(labels) if cell.allowed.any()]
-    lesions, lesion_masks = _add_lesions(rng, phantom, field, cells, modality, subset_probability)
+    lesions, lesion_masks = _add_lesions(rng, phantom, field, cells, modality, subset_probability, no_finding_probability)
     style = str(rng.choice(report_styles(modality)))
     report = describe([lesion for lesion in lesions if lesion.described], modality, style)
     for k in range(grid.shape[0]):
@@ -702,14 +703,16 @@ def _squeeze_lesion(lesion: Lesion) -> Lesion:
 
 
 def _add_lesions(
-    rng: np.random.Generator, phantom: _Phantom, field: np.ndarray, cells: list[_Cell], modality: str, subset_probability: float
+    rng: np.random.Generator, phantom: _Phantom, field: np.ndarray, cells: list[_Cell], modality: str, subset_probability: float,
+    no_finding_probability: float,
 ) -> tuple[list[Lesion], list[np.ndarray]]:
     """Choose 0-3 cells, grow a lesion in each, paint it into ``field`` (D, H, W) in place.
 
     Returns the lesions and their bool masks (D, H, W); which ones are described follows
-    NO_FINDING_PROBABILITY, LESION_COUNT_WEIGHTS and ``subset_probability`` (default SUBSET_PROBABILITY).
+    ``no_finding_probability``, LESION_COUNT_WEIGHTS and ``subset_probability``. Both probabilities
+    act on draws every case makes, so changing one leaves the cases it does not select unchanged.
     """
-    if rng.random() < NO_FINDING_PROBABILITY or not cells:
+    if rng.random() < no_finding_probability or not cells:
         return [], []
     count = min(len(cells), int(rng.choice((1, 2, 3), p=LESION_COUNT_WEIGHTS)))
     chosen = rng.choice(len(cells), size=count, replace=False)
@@ -787,7 +790,7 @@ def _blob(rng: np.random.Generator, shape: tuple[int, int, int], centre: np.ndar
 
 def write_dataset(
     output: str | Path, cases: int, modality: str, dims: int, seed: int, size: int | None = None, depth: int = DEFAULT_DEPTH,
-    subset_probability: float = SUBSET_PROBABILITY, reports_per_case: int = 1,
+    subset_probability: float = SUBSET_PROBABILITY, reports_per_case: int = 1, no_finding_probability: float = NO_FINDING_PROBABILITY,
 ) -> dict[str, list[str]]:
     """Generate ``cases`` cases and write them under ``output``; returns split -> case names.
 
@@ -817,7 +820,7 @@ def write_dataset(
     splits = _assign_splits(cases, seed)
     records = []
     for i, name in enumerate(names):
-        case = generate_case(np.random.default_rng([seed, i]), modality, dims, size, depth, subset_probability)
+        case = generate_case(np.random.default_rng([seed, i]), modality, dims, size, depth, subset_probability, no_finding_probability)
         variants = []
         if splits[i] == SPLITS[0] and reports_per_case > 1:
             variants = report_variants(np.random.default_rng([seed, i, 1]), case, reports_per_case - 1)

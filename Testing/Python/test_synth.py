@@ -239,6 +239,19 @@ def test_reports_per_case_in_2d_gives_each_report_its_own_lvit_image_and_mask(tm
         assert (folder / "labelcol" / f"{name}.png").read_bytes() != (folder / "labelcol" / f"{case}.png").read_bytes()
 
 
+def test_no_finding_probability_only_empties_the_cases_it_selects():
+    def case(i, probability):
+        return generate_case(np.random.default_rng([9, i]), "ct", 2, 64, no_finding_probability=probability)
+
+    default, more = [case(i, 0.05) for i in range(60)], [case(i, 0.5) for i in range(60)]
+    emptied = [b for a, b in zip(default, more) if a.report != b.report]
+    assert len(emptied) > 15 and all(b.report == NO_FINDING_REPORT and not b.lesions and not b.mask.any() for b in emptied)
+    for a, b in zip(default, more):
+        if a.report == b.report:
+            assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    assert all(c.report == NO_FINDING_REPORT for c in (case(i, 1.0) for i in range(5)))
+
+
 def test_cli_writes_a_dataset_and_rejects_3d_radiographs(tmp_path, capsys):
     assert main(["synth", "--output", str(tmp_path / "xr"), "--cases", "3", "--modality", "xr", "--size", "64"]) == 0
     assert (tmp_path / "xr" / "Train_text.xlsx").is_file()
@@ -246,3 +259,5 @@ def test_cli_writes_a_dataset_and_rejects_3d_radiographs(tmp_path, capsys):
     assert "2D only" in capsys.readouterr().err
     assert main(["synth", "--output", str(tmp_path / "bad"), "--reports-per-case", "0"]) == 2
     assert "--reports-per-case must be at least 1" in capsys.readouterr().err
+    assert main(["synth", "--output", str(tmp_path / "bad"), "--no-finding-fraction", "1.5"]) == 2
+    assert "--no-finding-fraction must be between 0 and 1" in capsys.readouterr().err

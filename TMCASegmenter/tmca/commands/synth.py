@@ -6,7 +6,7 @@ import argparse
 import time
 
 from tmca.errors import TMCAError
-from tmca.synth import DEFAULT_DEPTH, DEFAULT_SIZE_2D, DEFAULT_SIZE_3D, MODALITIES, SUBSET_PROBABILITY
+from tmca.synth import DEFAULT_DEPTH, DEFAULT_SIZE_2D, DEFAULT_SIZE_3D, MODALITIES, NO_FINDING_PROBABILITY, SUBSET_PROBABILITY
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,6 +28,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help=f"in-plane size in pixels (default {DEFAULT_SIZE_2D} for 2D, {DEFAULT_SIZE_3D} for 3D)")
     parser.add_argument("--subset-fraction", type=float, default=SUBSET_PROBABILITY,
                         help=f"share of multi-lesion cases whose report names only some lesions (default {SUBSET_PROBABILITY})")
+    parser.add_argument("--no-finding-fraction", type=float, default=NO_FINDING_PROBABILITY,
+                        help=f"share of cases without any lesion, reported as 'No focal lesion.' (default {NO_FINDING_PROBABILITY})")
     parser.add_argument("--reports-per-case", type=int, default=1,
                         help="Train cases with several lesions get up to this many reports in all, each naming another set "
                              "of their lesions with its own mask (default 1: one report per case)")
@@ -39,10 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from tmca.synth import write_dataset
 
     start = time.perf_counter()
-    if not 0.0 <= args.subset_fraction <= 1.0:
-        raise TMCAError(f"--subset-fraction must be between 0 and 1, not {args.subset_fraction}")
+    for option, value in (("--subset-fraction", args.subset_fraction), ("--no-finding-fraction", args.no_finding_fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise TMCAError(f"{option} must be between 0 and 1, not {value}")
     splits = write_dataset(
-        args.output, args.cases, args.modality, args.dims, args.seed, args.size, args.depth, args.subset_fraction, args.reports_per_case
+        args.output, args.cases, args.modality, args.dims, args.seed, args.size, args.depth, args.subset_fraction, args.reports_per_case,
+        args.no_finding_fraction,
     )
     counts = ", ".join(f"{split} {len(names)}" for split, names in splits.items())
     print(f"wrote {args.cases} {args.modality} {args.dims}D cases to {args.output} ({counts}) in {time.perf_counter() - start:.1f} s")

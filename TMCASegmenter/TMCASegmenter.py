@@ -37,6 +37,7 @@ from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 from TMCASegmenterLib import slicer_bridge
 from tmca import slicer_support as support
+from tmca.metrics import dice
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 RESOURCES_DIR = support.resource_dir(MODULE_DIR)
@@ -794,5 +795,5 @@ class TMCASegmenterTest(ScriptedLoadableModuleTest):
         segmentation.GetSegmentation().GetSegmentIDs(segmentIds)
         for index in range(segmentIds.GetNumberOfValues()):
             prediction |= slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentIds.GetValue(index), inputVolume) > 0
-        score = support.dice(prediction, sitk.GetArrayFromImage(truth))
+        score = dice(prediction, sitk.GetArrayFromImage(truth))
         self.assertGreaterEqual(score, minimum, f"Dice {score:.3f} against {truthPath.name}")

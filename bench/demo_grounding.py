@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 
+from tmca.atomic import write_text_atomic
 from tmca.commands.train import load_split
 from tmca.evaluation import evaluate
 from tmca.inference import Segmenter
@@ -38,11 +40,12 @@ def mean_dice(results: dict, cases: set[str] | None = None) -> float:
 
 def write_per_case(path: Path, correct: dict, shuffled: dict, subset: set[str]) -> None:
     shuffled_dice = {c["case"]: c["dice"] for c in shuffled["cases"]}
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["case", "subset", "dice_correct", "dice_shuffled", "report"])
-        for c in correct["cases"]:
-            writer.writerow([c["case"], c["case"] in subset, round(c["dice"], 4), round(shuffled_dice[c["case"]], 4), c["report"]])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["case", "subset", "dice_correct", "dice_shuffled", "report"])
+    for c in correct["cases"]:
+        writer.writerow([c["case"], c["case"] in subset, round(c["dice"], 4), round(shuffled_dice[c["case"]], 4), c["report"]])
+    write_text_atomic(path, buffer.getvalue())
 
 
 def main() -> None:
@@ -76,7 +79,7 @@ def main() -> None:
     if args.per_case:
         write_per_case(args.per_case, correct, shuffled, subset)
     if args.json:
-        args.json.write_text(json.dumps(summary, indent=2))
+        write_text_atomic(args.json, json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

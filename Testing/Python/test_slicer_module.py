@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from datapaths import real_data_file
 from tmca import slicer_support as support
 from tmca.errors import TMCAError
+from tmca.metrics import dice, mask_statistics
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "TMCASegmenter"
@@ -445,12 +446,12 @@ def test_mask_statistics_and_dice():
     mask = np.zeros((4, 10, 10), dtype=np.uint8)
     mask[1, 1:3, 1:3] = 1
     mask[2, 6:9, 6:9] = 1
-    voxels, volume_ml, components = support.mask_statistics(mask, voxel_volume_mm3=2.0)
+    voxels, volume_ml, components = mask_statistics(mask, voxel_volume_mm3=2.0)
     assert (voxels, volume_ml, components) == (13, 0.026, 2)
     finding = support.update_finding_statistics(support.Finding("x", volume_ml=9.0), mask, 2.0)
     assert (finding.name, finding.voxels, finding.components) == ("x", 13, 2)
-    assert support.dice(mask, mask) == 1.0 and support.dice(mask, np.zeros_like(mask)) == 0.0
-    assert support.dice(np.zeros((3, 3)), np.zeros((3, 3))) == 1.0  # masks are 2D or 3D
+    assert dice(mask, mask) == 1.0 and dice(mask, np.zeros_like(mask)) == 0.0
+    assert dice(np.zeros((3, 3)), np.zeros((3, 3))) == 1.0  # masks are 2D or 3D
 
 
 def test_reports_csv_and_batch_summary(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tmca.devices import DEVICE_CHOICES
 from tmca.atomic import check_writable
+from tmca.devices import DEVICE_CHOICES
 from tmca.errors import TMCAError
 
 

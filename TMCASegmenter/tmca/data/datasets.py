@@ -491,12 +491,10 @@ class SliceDataset(torch.utils.data.Dataset):
             return image[0], self._read_mask(sample, image.shape)[0]
         image = self._volume_image(sample)
         mask = self._volume_mask(sample_index, image.shape)
-        target = self._targets[sample_index]
-        siblings = self._siblings[sample_index]
-        others = np.zeros_like(target)
-        for j in siblings:
-            others |= self._sibling_target(j, image.shape)
-        k = _pick_slice(rng, target, others)
+        others = np.zeros(len(image), dtype=bool)
+        for j in self._siblings[sample_index]:
+            others |= self._target(j, image.shape)
+        k = _pick_slice(rng, self._targets[sample_index], others)
         return image[k].astype(np.float32), mask[k]
 
     def _read_image(self, sample: Sample) -> np.ndarray:
@@ -530,7 +528,8 @@ class SliceDataset(torch.utils.data.Dataset):
             self._targets[sample_index] = mask.any(axis=(1, 2))
         return mask
 
-    def _sibling_target(self, sample_index: int, slices_first_shape: tuple[int, ...]) -> np.ndarray:
+    def _target(self, sample_index: int, slices_first_shape: tuple[int, ...]) -> np.ndarray:
+        """Bool (D,): the sample's slices with target (reads its mask the first time)."""
         if sample_index not in self._targets:
             self._volume_mask(sample_index, slices_first_shape)
         return self._targets[sample_index]

@@ -30,26 +30,12 @@ from tmca.models import resolve_model
 from tmca.networks.fusion import fuse_for_inference
 from tmca.networks.text_encoder import TextFeatures
 from tmca.preprocess import normalize_intensity
-from tmca.segio import SegmentSpec, write_segmentation, write_volume
+from tmca.protocol import FindingRecord, segment_id
+from tmca.segio import SegmentSpec, layer_placement, write_segmentation, write_volume
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int, str], None]
-
-
-@dataclass
-class FindingRecord:
-    """One finding's outcome: the segment's name, the text the model saw, and what it found."""
-
-    name: str
-    text: str
-    label_value: int
-    voxels: int
-    volume_ml: float
-    components: int
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -68,9 +54,11 @@ class SegmentationResult:
         self.masks = self.probabilities >= self.threshold
         voxel_mm3 = float(np.prod(self.reference.GetSpacing()))
         self.records = []
-        for index, (finding, mask) in enumerate(zip(self.findings, self.masks)):
+        for index, (finding, mask, (layer, label)) in enumerate(zip(self.findings, self.masks, layer_placement(self.masks))):
             voxels, volume_ml, components = mask_statistics(mask, voxel_mm3)
-            self.records.append(FindingRecord(finding.name, finding.text, index + 1, voxels, round(volume_ml, 4), components))
+            self.records.append(
+                FindingRecord(finding.name, finding.text, segment_id(index), layer, label, voxels, round(volume_ml, 4), components)
+            )
 
     def save(self, output: str | Path, probability: str | Path | None = None, relevance: str | Path | None = None) -> None:
         """Write the segmentation (.seg.nrrd) and, when asked, the probability and relevance maps; each atomically."""
@@ -86,7 +74,7 @@ class SegmentationResult:
 
     @property
     def segments(self) -> list[SegmentSpec]:
-        return [SegmentSpec(record.name, segment_color(index)) for index, record in enumerate(self.records)]
+        return [SegmentSpec(record.name, segment_color(index), record.segment_id) for index, record in enumerate(self.records)]
 
     @property
     def labelmap(self) -> sitk.Image:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Any, TextIO
+
+from tmca.protocol import encode_event, progress_event
 
 
 class JsonProgress:
@@ -15,10 +16,10 @@ class JsonProgress:
         self.stream = stream or sys.stdout
 
     def __call__(self, done: int, total: int, stage: str, **extra: Any) -> None:
-        self.emit({"event": "progress", "stage": stage, "done": int(done), "total": int(total), **extra})
+        self.emit(progress_event(done, total, stage, **extra))
 
     def emit(self, payload: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(payload) + "\n")
+        self.stream.write(encode_event(payload) + "\n")
         self.stream.flush()
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 from tmca.atomic import write_text_atomic
 from tmca.errors import TMCAError
 from tmca.metrics import mask_statistics
+from tmca.protocol import Event, FindingRecord as Finding, Progress, Result, engine_error_message, parse_event_line
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -162,69 +163,6 @@ def synth_command(python: str, output: PathLike, cases: int = 1, modality: str =
             "--modality", modality, "--dims", str(dims), "--seed", str(seed)]
 
 
-# --------------------------------------------------------------------------- progress protocol
-
-
-@dataclass(frozen=True)
-class Progress:
-    """``{"event": "progress", "stage", "done", "total"}``."""
-
-    stage: str
-    done: int
-    total: int
-
-    @property
-    def fraction(self) -> float | None:
-        """Completed fraction in 0..1, or None when the total is unknown."""
-        return min(max(self.done / self.total, 0.0), 1.0) if self.total > 0 else None
-
-    @property
-    def message(self) -> str:
-        """Short status text, e.g. ``"inference 3/10"``."""
-        return f"{self.stage} {self.done}/{self.total}" if self.total > 0 else self.stage
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One segmented finding of a ``result`` event."""
-
-    name: str
-    text: str = ""
-    label_value: int = 0
-    voxels: int = 0
-    volume_ml: float = 0.0
-    components: int = 0
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Finding":
-        """Build from the engine's JSON record, tolerating missing fields."""
-        return cls(
-            name=str(data.get("name", "")),
-            text=str(data.get("text", "")),
-            label_value=int(data.get("label_value") or 0),
-            voxels=int(data.get("voxels") or 0),
-            volume_ml=float(data.get("volume_ml") or 0.0),
-            components=int(data.get("components") or 0),
-        )
-
-
-@dataclass(frozen=True)
-class Result:
-    """``{"event": "result", "output", "probability", "findings"}``."""
-
-    output: str
-    probability: str | None
-    findings: tuple[Finding, ...]
-
-
-@dataclass(frozen=True)
-class Event:
-    """Any other JSON event (kept for callers that know it)."""
-
-    name: str
-    data: Mapping[str, Any]
-
-
 @dataclass(frozen=True)
 class LogLine:
     """A line that is not a protocol event (library warnings, stderr)."""
@@ -234,42 +172,6 @@ class LogLine:
 
 
 ProcessEvent = Union[Progress, Result, Event, LogLine]
-
-
-def parse_progress_line(line: str) -> Progress | Result | Event | None:
-    """Parse one stdout line of ``--progress json``; None when it is not a JSON event object."""
-    text = line.strip()
-    if not text.startswith("{"):
-        return None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("event"), str):
-        return None
-    try:
-        return _event_from_dict(data)
-    except (TypeError, ValueError):
-        return Event(data["event"], data)
-
-
-def _event_from_dict(data: Mapping[str, Any]) -> Progress | Result | Event:
-    if data["event"] == "progress":
-        return Progress(str(data.get("stage", "")), int(data.get("done") or 0), int(data.get("total") or 0))
-    if data["event"] == "result":
-        findings = tuple(Finding.from_dict(f) for f in data.get("findings") or ())
-        return Result(str(data.get("output", "")), data.get("probability") or None, findings)
-    return Event(data["event"], data)
-
-
-def engine_error_message(stderr_lines: Iterable[str]) -> str | None:
-    """The user-facing message from ``tmca <command>: error: <message>``, else the last stderr line."""
-    lines = [line.strip() for line in stderr_lines if line.strip()]
-    for line in reversed(lines):
-        head, marker, message = line.partition(": error: ")
-        if marker and head.startswith("tmca "):
-            return message
-    return lines[-1] if lines else None
 
 
 # --------------------------------------------------------------------------- results
@@ -541,7 +443,7 @@ class BackgroundProcess:
         if stream_name == "stderr":
             self.stderr_tail.append(line)
             return LogLine(line, "stderr")
-        event = parse_progress_line(line)
+        event = parse_event_line(line)
         if isinstance(event, Result):
             self.result = event
         return event if event is not None else LogLine(line, "stdout")

@@ -74,7 +74,7 @@ def test_real_mri_label_round_trip_through_slicerio_and_simpleitk(tmp_path: Path
     masks, specs, reference = read_segmentation(path)
     _assert_same_geometry(reference, image)
     assert reference.GetPixelID() == sitk.sitkUInt8
-    assert specs == [SegmentSpec("lesion", RED)]
+    assert specs == [SegmentSpec("lesion", RED, "Segment_1")]
     np.testing.assert_array_equal(masks[0], label)
 
 
@@ -98,7 +98,8 @@ def test_overlapping_segments_go_to_layers_and_survive(tmp_path: Path) -> None:
         np.testing.assert_array_equal(slicerio.segment_mask(segmentation, spec.name), mask.transpose(2, 1, 0))
 
     masks, read_specs, geometry = read_segmentation(path)
-    assert read_specs == specs
+    assert [(s.name, s.color) for s in read_specs] == [(s.name, s.color) for s in specs]
+    assert [s.segment_id for s in read_specs] == ["Segment_1", "Segment_2", "Segment_3"]
     for mask, expected in zip(masks, (a, b, c)):
         np.testing.assert_array_equal(mask, expected)
     _assert_same_geometry(geometry, reference, exact=False)

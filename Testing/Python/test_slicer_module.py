@@ -380,37 +380,6 @@ def test_child_environment_puts_the_module_folder_first(tmp_path):
     assert support.python_executable(lambda name: None) == sys.executable
 
 
-def test_progress_lines_are_parsed():
-    progress = support.parse_progress_line('{"event": "progress", "stage": "inference", "done": 3, "total": 12}\n')
-    assert progress == support.Progress("inference", 3, 12)
-    assert progress.fraction == 0.25 and progress.message == "inference 3/12"
-    assert support.Progress("loading model", 0, 0).fraction is None
-    result = support.parse_progress_line(json.dumps({
-        "event": "result", "output": "o.seg.nrrd", "probability": None, "relevance": None,
-        "findings": [{"name": "lesion, lower left lung", "text": "t", "label_value": 1, "voxels": 10,
-                      "volume_ml": 0.5, "components": 2}]}))
-    assert result.output == "o.seg.nrrd" and result.probability is None
-    assert result.findings == (support.Finding("lesion, lower left lung", "t", 1, 10, 0.5, 2),)
-    assert support.parse_progress_line('{"event": "case", "case": "a"}') == support.Event("case", {"event": "case", "case": "a"})
-
-
-@pytest.mark.parametrize("line", ["", "loading weights...", "{not json", "[1, 2]", '{"stage": "x"}', '{"event": 3}'])
-def test_non_protocol_lines_are_tolerated(line):
-    assert support.parse_progress_line(line) is None
-
-
-def test_malformed_known_event_becomes_a_generic_event():
-    event = support.parse_progress_line('{"event": "progress", "done": "many"}')
-    assert isinstance(event, support.Event) and event.name == "progress"
-
-
-def test_engine_error_message():
-    lines = ["warning: slow CPU", "tmca segment: error: input not found: x.nrrd", ""]
-    assert support.engine_error_message(lines) == "input not found: x.nrrd"
-    assert support.engine_error_message(["Traceback", "ValueError: boom"]) == "ValueError: boom"
-    assert support.engine_error_message([]) is None
-
-
 # --------------------------------------------------------------------------- results and probability maps
 
 

@@ -74,7 +74,9 @@ def report_outcome(rows: list[dict], summary: Path, json_progress=None) -> None:
 
     counts = count_statuses(rows)
     if json_progress is not None:
-        json_progress.emit({"event": "result", "output": f"{summary}.json", "csv": f"{summary}.csv", "counts": counts, "findings": []})
+        from tmca.protocol import result_event
+
+        json_progress.emit(result_event(f"{summary}.json", [], csv=f"{summary}.csv", counts=counts))
         return
     print(f"{len(rows)} case(s): " + ", ".join(f"{count} {status}" for status, count in counts.items()))
     if counts["skipped"]:

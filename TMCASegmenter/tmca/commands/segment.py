@@ -75,15 +75,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     if args.progress == "json":
-        progress.emit(
-            {
-                "event": "result",
-                "output": str(args.output),
-                "probability": str(args.probability) if args.probability else None,
-                "relevance": str(args.relevance) if args.relevance else None,
-                "findings": [record.as_dict() for record in result.records],
-            }
-        )
+        from tmca.protocol import result_event
+
+        relevance = str(args.relevance) if args.relevance else None
+        progress.emit(result_event(str(args.output), result.records, args.probability, relevance=relevance))
     else:
         print(f"wrote {args.output}")
         for record in result.records:

@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "TMCASegmenter"))
 
-from tmca.slicer_support import Finding, finding_table_rows  # noqa: E402
+from TMCASegmenterLib.results import finding_table_rows  # noqa: E402
+from tmca.protocol import FindingRecord  # noqa: E402
 
 UI_FILE = REPO / "Resources" / "UI" / "TMCASegmenter.ui"
 DEFAULT_OUTPUT = REPO / "Resources" / "Screenshots" / "panel.png"
@@ -33,8 +34,8 @@ STAND_INS = {  # Slicer class -> (Qt class, properties the stand-in understands)
 }
 SAMPLE_REPORT = "Two infected areas, lower left lung and lower right lung."
 SAMPLE_FINDINGS = [
-    Finding("infected area, lower left lung", volume_ml=23.41, components=2),
-    Finding("infected area, lower right lung", volume_ml=17.86, components=1),
+    FindingRecord("infected area, lower left lung", segment_id="Segment_1", volume_ml=23.41, components=2),
+    FindingRecord("infected area, lower right lung", segment_id="Segment_2", volume_ml=17.86, components=1),
 ]
 
 

@@ -1,1 +1,2 @@
-"""Slicer-side helpers of the TMCASegmenter module (the only code besides TMCASegmenter.py that uses Slicer's API)."""
+"""Helpers of the TMCASegmenter module. Only ``slicer_bridge`` imports slicer or qt; the others run,
+and are tested, in plain Python."""

@@ -3,7 +3,9 @@
 Dependencies are checked only when the user first clicks Apply, never at import or start-up:
 PyTorch through the PyTorch extension (``PyTorchUtils``), the other packages of
 ``Resources/requirements.txt`` through ``slicer.packaging.pip_ensure`` (Slicer 5.12 and later)
-or, on older Slicer, ``slicer.util.pip_install`` after one confirmation that lists every package.
+or, on Slicer 5.10 and 5.11, ``slicer.util.pip_install`` after one confirmation that lists every
+package. Either way the installed torch is pinned by a pip constraints file, so that monai and
+transformers (which depend on torch) cannot replace the build the PyTorch extension chose.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 from types import ModuleType
 from typing import Callable
 
 import qt
 import slicer
 
-from tmca import slicer_support as support
+from TMCASegmenterLib import dependencies
+from TMCASegmenterLib.process import BackgroundProcess
 
 REQUESTER = "TMCASegmenter"
 PYTORCH_MISSING_MESSAGE = (
@@ -34,12 +38,6 @@ def ensureDependencies(requirementsPath: str) -> bool:
     if not _dependenciesReady:
         _dependenciesReady = ensureTorch() and ensurePythonPackages(requirementsPath)
     return _dependenciesReady
-
-
-def missingDependencies(requirementsPath: str) -> list[str]:
-    """Requirements (torch included) that are not installed in Slicer's Python; installs nothing."""
-    missing = support.missing_requirements(support.read_requirements(requirementsPath))
-    return missing if torchAvailable() else ["torch"] + missing
 
 
 def torchAvailable() -> bool:
@@ -64,15 +62,17 @@ def ensureTorch() -> bool:
 
 def ensurePythonPackages(requirementsPath: str) -> bool:
     """Install the missing packages of ``requirementsPath``; False if the user declined."""
+    constraints = dependencies.write_torch_constraint(os.path.join(slicer.app.temporaryPath, f"{REQUESTER}-constraints.txt"))
     packaging = _slicerPackaging()
     if packaging is not None:
         try:
-            packaging.pip_ensure(packaging.load_requirements(requirementsPath), requester=REQUESTER)
+            packaging.pip_ensure(packaging.load_requirements(requirementsPath), constraints=constraints,
+                                 requester=REQUESTER)
         except RuntimeError as error:  # raised when the user declines
             logging.info(str(error))
             return False
         return True
-    missing = support.missing_requirements(support.read_requirements(requirementsPath))
+    missing = dependencies.missing_requirements(dependencies.read_requirements(requirementsPath))
     if not missing:
         return True
     message = (f"{REQUESTER} needs {len(missing)} Python package(s) in Slicer's Python environment. "
@@ -82,7 +82,7 @@ def ensurePythonPackages(requirementsPath: str) -> bool:
         return False
     qt.QApplication.setOverrideCursor(qt.Qt.BusyCursor)
     try:
-        slicer.util.pip_install(missing)
+        slicer.util.pip_install(dependencies.pip_install_arguments(missing, constraints))
     finally:
         qt.QApplication.restoreOverrideCursor()
     return True
@@ -98,9 +98,9 @@ def _slicerPackaging() -> ModuleType | None:
 
 
 class ProcessPoller:
-    """Drive a :class:`tmca.slicer_support.BackgroundProcess` from a QTimer so the GUI never blocks."""
+    """Drive a :class:`TMCASegmenterLib.process.BackgroundProcess` from a QTimer so the GUI never blocks."""
 
-    def __init__(self, process: support.BackgroundProcess, onEvents: Callable[[list], None],
+    def __init__(self, process: BackgroundProcess, onEvents: Callable[[list], None],
                  onFinished: Callable[[], None], intervalMs: int = 200) -> None:
         self._process = process
         self._onEvents = onEvents

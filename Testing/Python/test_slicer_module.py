@@ -347,7 +347,7 @@ def test_minimum_slicer_is_one_with_python_3_10_or_later():
     assert tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["requires-python"] == ">=3.10"
     assert "setMasterVolumeNode" not in MODULE_SCRIPT.read_text(encoding="utf-8")
     root = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert root.startswith("cmake_minimum_required(VERSION 3.16.3...3.19.7 FATAL_ERROR)")
+    assert root.startswith("cmake_minimum_required(VERSION 3.20.6...3.22.6 FATAL_ERROR)")  # Slicer's extension template
     assert re.search(r'if\(Slicer_REQUIRED_PYTHON_VERSION VERSION_LESS "3\.10"\)\s*message\(FATAL_ERROR', root)
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "Slicer 5.2" not in readme and "Slicer 5.10 or later" in readme

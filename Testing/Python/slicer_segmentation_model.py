@@ -11,16 +11,19 @@ Modelled on Slicer's sources (repository Slicer/Slicer, read with the search too
   otherwise the whole labelmap is cleared.
 - ``Libs/vtkSegmentationCore/vtkSegment.cxx`` ``DeepCopyMetadata``: copies Name, Color,
   LabelValue and Tags.
-- ``slicer.util.updateSegmentBinaryLabelmapFromArray`` calls
-  ``vtkSlicerSegmentationsModuleLogic::ImportLabelmapToSegmentationNode(labelmapNode,
-  segmentationNode, segmentIds)`` (``Modules/Loadable/Segmentations/Logic/
-  vtkSlicerSegmentationsModuleLogic.cxx``), which brings the labelmap from the labelmap node's
-  parent transform into the segmentation node's ("Apply parent transforms if any"), then for each
-  segment calls ``ClearSegment`` and gives it the imported labelmap as a layer of its own with
-  label value ``segmentIndex + 1`` (1 here).
-- ``slicer.util.arrayFromSegmentBinaryLabelmap(node, id, referenceVolume)`` exports the segment on
-  the reference volume's grid, so a segment whose node is under another transform than the volume
-  comes back resampled by the transform between them.
+- ``slicer.util.updateSegmentBinaryLabelmapFromArray`` writes the array into a labelmap made by
+  ``CreateAndAddLabelVolume(referenceVolume)`` (``vtkSlicerVolumesLogic::CreateLabelVolumeFromVolume``
+  in ``Modules/Loadable/Volumes/Logic/vtkSlicerVolumesLogic.cxx`` copies the reference's IJK-to-RAS
+  and its parent transform), then calls ``vtkSlicerSegmentationsModuleLogic::
+  ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode, segmentIds)``
+  (``Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.cxx``), which brings the
+  labelmap from the labelmap node's parent transform into the segmentation node's ("Apply parent
+  transforms if any"), then for each segment calls ``ClearSegment`` and gives it the imported
+  labelmap as a layer of its own with label value ``segmentIndex + 1`` (1 here).
+- ``slicer.util.arrayFromSegmentBinaryLabelmap(node, id, referenceVolume)`` calls
+  ``ExportSegmentsToLabelmapNode`` (same logic file), which puts the labelmap under the reference
+  volume's parent transform and, when the segmentation node's parent differs, maps the reference
+  geometry through the transform between them: the segment comes back resampled by that transform.
 
 Transforms are whole-voxel translations on one shared grid (``world = local + shift``), enough to
 tell a mask in the right place from a moved one.

@@ -270,6 +270,7 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Run the segmentation, or cancel the one that is running."""
         if self.logic.isRunning:
             self.logic.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
             return
         parameters = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation.")):

@@ -309,10 +309,10 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=outcome.error))
         else:
             self.ui.statusLabel.text = _("Done: {count} finding(s).").format(count=len(outcome.findings))
+            self._shownThreshold.shown(self._runThreshold)
+            self._showFindings(outcome.findings)
             if self._parameterNode:
                 self._parameterNode.outputSegmentation = outcome.output
-            self._showFindings(outcome.findings)
-            self._shownThreshold.shown(self._runThreshold)
         self._rethresholdIfChanged()  # the slider may have moved during the run
 
     def _showFindings(self, findings) -> None:

@@ -15,12 +15,9 @@ PathLike = Union[str, os.PathLike]
 ENGINE_DIR = Path(__file__).resolve().parents[1]
 
 
-def _engine_devices() -> tuple[str, ...]:
-    """``tmca.devices.DEVICE_CHOICES``, read from its source.
-
-    Importing ``tmca.devices`` imports torch, and Slicer loads this module before torch is
-    installed (the first Apply installs it), so the tuple is read, not imported.
-    """
+def _devices_from_source() -> tuple[str, ...]:
+    """``tmca.devices.DEVICE_CHOICES``, read from its source: importing ``tmca.devices`` imports torch,
+    and Slicer loads this module before torch is installed (the first Apply installs it)."""
     tree = ast.parse((ENGINE_DIR / "tmca" / "devices.py").read_text(encoding="utf-8"))
     for statement in tree.body:
         if isinstance(statement, ast.Assign) and any(getattr(t, "id", None) == "DEVICE_CHOICES" for t in statement.targets):
@@ -28,7 +25,10 @@ def _engine_devices() -> tuple[str, ...]:
     raise RuntimeError("tmca/devices.py no longer defines DEVICE_CHOICES")
 
 
-DEVICES = _engine_devices()
+try:  # the engine's torch-free registry of choices, being introduced on another branch
+    from tmca.choices import DEVICES
+except ImportError:
+    DEVICES = _devices_from_source()
 
 
 def python_executable(which: Callable[[str], str | None] = shutil.which, search_dirs: Iterable[PathLike] = ()) -> str:

@@ -782,9 +782,9 @@ class TMCASegmenterTest(ScriptedLoadableModuleTest):
 
     def _assertGeometryMatches(self, segmentation, inputVolume):
         converter = slicer.vtkSegmentationConverter
-        geometry = segmentation.GetSegmentation().GetConversionParameter(converter.GetReferenceImageGeometryParameterName())
+        serialized = segmentation.GetSegmentation().GetConversionParameter(converter.GetReferenceImageGeometryParameterName())
         expected = converter.SerializeImageGeometry(self._ijkToRasVtk(inputVolume), inputVolume.GetImageData())
-        self.assertEqual(geometry, expected)
+        self.assertEqual(serialized, expected)
 
     def _ijkToRasVtk(self, volumeNode):
         matrix = vtk.vtkMatrix4x4()

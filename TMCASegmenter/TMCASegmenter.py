@@ -2,9 +2,9 @@
 
 The engine (the ``tmca`` package beside this file) runs in a separate ``PythonSlicer`` process;
 this module writes the inputs, follows the engine's JSON progress and imports the result.
-Everything that does not need Slicer lives in ``TMCASegmenterLib/`` (process runner, command
-lines, geometry, results, segment copying, dependencies, widget syncing); dependency installs and
-the polling timer in ``TMCASegmenterLib/slicer_bridge.py``. Needs Slicer 5.10 or later (Python 3.12).
+Everything that does not need Slicer lives in ``TMCASegmenterLib/`` (process runner and its
+poller, command lines, geometry, results, segment copying, dependencies, widget syncing); the
+dependency installs in ``TMCASegmenterLib/slicer_bridge.py``. Needs Slicer 5.10 or later (Python 3.12).
 """
 
 import json
@@ -38,6 +38,7 @@ from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 from TMCASegmenterLib import (batchfiles, commands, dependencies, geometry, paths, process as engineProcess, reports,
                               results, segments, slicer_bridge, widgets)
+from TMCASegmenterLib.poller import ProcessPoller
 from tmca.metrics import dice
 from tmca.protocol import Progress
 
@@ -394,7 +395,7 @@ class _Run:
     progressCallback: Optional[Callable] = None
     completedCallback: Optional[Callable] = None
     show3D: bool = False
-    poller: Optional[slicer_bridge.ProcessPoller] = None
+    poller: Optional[ProcessPoller] = None
 
 
 @dataclass
@@ -474,7 +475,7 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
             if outcome.error:
                 raise RuntimeError(outcome.error)
             return outcome.output
-        self._run.poller = slicer_bridge.ProcessPoller(process, self._onEvents, self._finishRun)
+        self._run.poller = ProcessPoller(process, self._onEvents, self._finishRun, qt.QTimer())
         self._run.poller.start()
         return None
 

@@ -1,4 +1,4 @@
-"""The one small bridge to Slicer's API: Python dependencies and the QTimer that polls the engine.
+"""The one small bridge to Slicer's API: installing the engine's Python dependencies.
 
 Dependencies are checked only when the user first clicks Apply, never at import or start-up:
 PyTorch through the PyTorch extension (``PyTorchUtils``), the other packages of
@@ -15,13 +15,11 @@ import importlib.util
 import logging
 import os
 from types import ModuleType
-from typing import Callable
 
 import qt
 import slicer
 
 from TMCASegmenterLib import dependencies
-from TMCASegmenterLib.process import BackgroundProcess
 
 REQUESTER = "TMCASegmenter"
 PYTORCH_MISSING_MESSAGE = (
@@ -95,32 +93,3 @@ def _slicerPackaging() -> ModuleType | None:
     except ImportError:
         return None
     return module if hasattr(module, "pip_ensure") and hasattr(module, "load_requirements") else None
-
-
-class ProcessPoller:
-    """Drive a :class:`TMCASegmenterLib.process.BackgroundProcess` from a QTimer so the GUI never blocks."""
-
-    def __init__(self, process: BackgroundProcess, onEvents: Callable[[list], None],
-                 onFinished: Callable[[], None], intervalMs: int = 200) -> None:
-        self._process = process
-        self._onEvents = onEvents
-        self._onFinished = onFinished
-        self._timer = qt.QTimer()
-        self._timer.setInterval(intervalMs)
-        self._timer.connect("timeout()", self._poll)
-
-    def start(self) -> None:
-        """Start polling."""
-        self._timer.start()
-
-    def stop(self) -> None:
-        """Stop polling (the process keeps running)."""
-        self._timer.stop()
-
-    def _poll(self) -> None:
-        events = self._process.poll()
-        if events:
-            self._onEvents(events)
-        if self._process.finished:
-            self._timer.stop()
-            self._onFinished()

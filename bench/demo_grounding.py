@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tmca.atomic import write_text_atomic
-from tmca.commands.train import load_split
+from tmca.data import load_split
 from tmca.evaluation import evaluate
 from tmca.inference import Segmenter
 

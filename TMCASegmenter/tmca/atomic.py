@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -50,6 +51,28 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
+@contextlib.contextmanager
+def atomic_path_with_companions(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield ``path``'s name inside a fresh hidden folder beside ``path``, for writers that put
+    companion files next to their output (a ``.nhdr`` header and its ``.raw.gz`` data file).
+
+    On success every file written there is moved beside ``path`` (the companions first, ``path``
+    last, so a reader never finds a header without its data); on any exception nothing is moved
+    and the folder is removed.
+    """
+    target = Path(path)
+    check_writable(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    try:
+        yield staging / target.name
+        give_default_permissions(staging)
+        companions = sorted(p for p in staging.iterdir() if p.name != target.name)
+        for written in (*companions, staging / target.name):
+            os.replace(written, target.parent / written.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -70,8 +93,3 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)

@@ -31,6 +31,8 @@ from typing import Any
 
 from tmca.atomic import write_text_atomic
 from tmca.errors import CancelledError, TMCAError
+from tmca.formats import detached_data_files, is_dicom_name, is_volume_file, strip_suffix
+from tmca.textio import read_text_file
 
 STATUSES = ("ok", "failed", "no-report", "skipped")
 COLUMNS = (
@@ -41,8 +43,6 @@ COLUMNS = (
 LIST_COLUMNS = ("findings", "volume_ml", "components")
 """Columns holding one value per finding: lists in summary.json, ``"; "``-joined in summary.csv."""
 SUMMARY_FORMAT = "tmca-batch-summary-1"
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 STATE_FOLDER = ".tmca-batch"
 
 ProgressCallback = Callable[..., None]
@@ -76,13 +76,6 @@ def safe_case_id(name: str) -> str:
     return safe
 
 
-def strip_image_suffix(name: str) -> str:
-    """``"brain.nii.gz"`` -> ``"brain"``; names without an image or DICOM suffix stay as they are."""
-    lower = name.lower()
-    suffix = next((s for s in (*IMAGE_SUFFIXES, *DICOM_SUFFIXES) if lower.endswith(s)), "")
-    return name[: len(name) - len(suffix)] if suffix else name
-
-
 @dataclass(frozen=True)
 class Case:
     """One thing to segment: an image file, a DICOM series, or a report without an image.
@@ -112,18 +105,19 @@ class Report:
 
 
 def find_cases(study_dir: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Case]:
-    """Every image file (NIfTI, NRRD, MHA) and DICOM series under ``study_dir``, sorted by case id.
+    """Every volume file (NIfTI, NRRD/NHDR, MHA/MHD) and DICOM series under ``study_dir``, sorted by case id.
 
     ``exclude`` (the output folder when it lies inside the study) is not searched; hidden files
-    and folders and Slicer segmentations (``*.seg.nrrd``) are not cases. A DICOM series is found
+    and folders, Slicer segmentations (``*.seg.nrrd``) and the data files of ``.nhdr``/``.mhd``
+    headers are not cases (the header is, and its data file is one of its inputs). A DICOM series is found
     by its series UID wherever its files lie; a ``.dcm`` file that belongs to no readable series
     is a case of its own. Cases sharing an id (compared case-insensitively) get a ``problem``.
     """
     study = Path(study_dir).resolve()
     files = list(_walk_files(study, Path(exclude).resolve() if exclude else None))
-    image_cases = [_file_case(study, path) for path in files if _is_image_file(path)]
+    image_cases = [_file_case(study, path) for path in files if is_volume_file(path)]
     series_cases, series_files = _series_cases(study, set(files))
-    loose_dicoms = [path for path in files if path.name.lower().endswith(DICOM_SUFFIXES) and path not in series_files]
+    loose_dicoms = [path for path in files if is_dicom_name(path) and path not in series_files]
     cases = image_cases + series_cases + [_file_case(study, path) for path in loose_dicoms]
     return sorted(_flag_shared_ids(cases), key=lambda case: (case.id, case.input))
 
@@ -135,23 +129,18 @@ def _walk_files(study: Path, exclude: Path | None) -> Iterator[Path]:
         yield from (here / name for name in sorted(names) if not name.startswith("."))
 
 
-def _is_image_file(path: Path) -> bool:
-    name = path.name.lower()
-    return name.endswith(IMAGE_SUFFIXES) and not name.endswith(".seg.nrrd")
-
-
 def _relative(path: Path, study: Path) -> str:
     return path.relative_to(study).as_posix()
 
 
 def _file_case(study: Path, path: Path) -> Case:
-    stem = strip_image_suffix(path.name)
+    stem = strip_suffix(path.name)
     case_id = safe_case_id(stem)
     return Case(
         id=case_id,
         input=_relative(path, study),
         source=path,
-        inputs=(path,),
+        inputs=(path, *detached_data_files(path)),
         report_files=_unique_paths(path.parent / f"{stem}.txt", study / f"{case_id}.txt"),
     )
 
@@ -228,19 +217,14 @@ def _flag_shared_ids(cases: list[Case]) -> list[Case]:
 
 
 def read_reports_csv(path: str | os.PathLike) -> dict[str, Report]:
-    """Reports by safe case id from a CSV with ``case`` and ``report`` columns (UTF-8).
+    """Reports by safe case id from a CSV with ``case`` and ``report`` columns (UTF-8, UTF-16 with BOM or Latin-1).
 
     Other columns are kept in each :class:`Report`'s ``extras``. Rows whose ids become the same
     safe id with different reports get a ``problem``. Raises ``TMCAError`` for a missing or
     unreadable file, missing columns, or a row without a case id.
     """
     source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise TMCAError(f"reports CSV not found: {source}; check the path") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TMCAError(f"cannot read reports CSV {source}: {error}; save it as UTF-8 text") from None
+    text = read_text_file(source, "reports CSV")
     try:
         rows = list(csv.reader(io.StringIO(text, newline="")))
     except csv.Error as error:
@@ -266,7 +250,7 @@ def index_reports(entries: Iterable[tuple[str, str, str, Mapping[str, str]]]) ->
     """``(case id, text, origin, extras)`` entries -> reports by safe id, flagging conflicting duplicates."""
     reports: dict[str, Report] = {}
     for raw_id, text, origin, extras in entries:
-        case_id = safe_case_id(strip_image_suffix(raw_id))
+        case_id = safe_case_id(strip_suffix(raw_id))
         earlier = reports.get(case_id)
         if earlier is not None and earlier.text.strip() != text.strip():
             problem = f"{earlier.origin} and {origin} give different reports for case {case_id!r}; keep one"
@@ -403,7 +387,9 @@ def run_batch(
     shard = Shard.parse(shard) if isinstance(shard, str) else shard
     threshold = check_threshold(threshold)
     listed = _reports_argument(reports)
-    cases = _cases_of_study(study, Path(output_dir).expanduser().resolve(), listed)
+    output = Path(output_dir).expanduser().resolve()
+    cases = _cases_of_study(study, output, listed)
+    _check_output_folder(study, output, cases)
     resolve_device(device)
     model_path = resolve_model(model)
     run = _BatchRun(
@@ -421,6 +407,20 @@ def _cases_of_study(study: Path, output: Path, reports: Mapping[str, Report]) ->
     if not cases:
         raise TMCAError(f"no cases in {study}: no NIfTI, NRRD or MHA image and no DICOM series; choose the folder that holds the study")
     return sorted(cases + _unmatched_report_cases(reports, cases, study), key=lambda case: (case.id, case.input))
+
+
+def _check_output_folder(study: Path, output: Path, cases: list[Case]) -> None:
+    """Refuse an output folder that is the study folder or holds a case's input files: outputs
+    would lie among the inputs (a rerun would take the probability maps for cases, and a case's
+    output could overwrite another case's input). A new subfolder of the study is fine."""
+    if output == study:
+        raise TMCAError(f"output folder {output} is the study folder; write the outputs to another folder (a new subfolder of the study is fine)")
+    holding = next((case for case in cases for path in case.inputs if path.parent == output), None)
+    if holding is not None:
+        raise TMCAError(
+            f"output folder {output} holds input images of the study (case {holding.id!r}); "
+            "write the outputs to a folder without images (a new subfolder of the study is fine)"
+        )
 
 
 @dataclass
@@ -533,7 +533,7 @@ class _BatchRun:
             return Report(listed.text.strip(), listed.origin, listed.extras)
         for path in case.report_files:
             if path.is_file():
-                text = _read_sidecar(path).strip()
+                text = read_text_file(path, "report").strip()
                 if text:
                     return Report(text, str(path))
         return None
@@ -605,6 +605,25 @@ class _BatchRun:
             "finished": finished,
         }
         write_summary(self.output, self.shard.summary_stem if self.shard else "summary", self.rows, meta)
+
+
+def report_outcome(rows: list[dict[str, Any]], summary: Path, json_progress: Any = None) -> None:
+    """Tell how a run (or a merge) ended: the final ``result`` event on ``json_progress`` (a
+    :class:`tmca.progress.JsonProgress`), else the counts, skips and failures printed for people.
+    ``summary`` is the summary's path without its ``.csv``/``.json`` suffix."""
+    counts = count_statuses(rows)
+    if json_progress is not None:
+        from tmca.protocol import result_event
+
+        json_progress.emit(result_event(f"{summary}.json", [], csv=f"{summary}.csv", counts=counts))
+        return
+    print(f"{len(rows)} case(s): " + ", ".join(f"{count} {status}" for status, count in counts.items()))
+    if counts["skipped"]:
+        print(f"skipped {counts['skipped']} case(s) whose outputs are up to date (same input, report, model and threshold); --overwrite redoes them")
+    for row in rows:
+        if row["status"] == "failed":
+            print(f"  failed {row['case']}: {row['error']}")
+    print(f"summary: {summary}.csv, {summary}.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -723,12 +742,6 @@ def _inputs_sha256(case: Case) -> str:
 def _text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-
-def _read_sidecar(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
-        raise TMCAError(f"cannot read report {path}: {error}; save it as UTF-8 text") from None
 
 
 def _error_text(error: BaseException) -> str:

@@ -122,12 +122,15 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu", text
     config_json = read_checkpoint_config(folder)
     if config_json.get("format") != FORMAT:
         raise TMCAError(f"model folder {folder}: unsupported checkpoint format {config_json.get('format')!r}")
-    config = TMCAConfig.from_dict({**config_json["model"], "encoder_pretrained": False})
-    model = TMCANet(config, text_encoder)
+    config = TMCAConfig.from_dict(config_json["model"])
+    pretrained, config.encoder_pretrained = config.encoder_pretrained, False  # the weights come from the checkpoint
+    try:
+        model = TMCANet(config, text_encoder)
+    finally:
+        config.encoder_pretrained = pretrained  # the model keeps this config: it says how the model was trained
     try:
         state = load_file(str(Path(folder) / WEIGHTS_FILE))
         model.load_trainable_state_dict(state)
     except (KeyError, RuntimeError, OSError) as error:
         raise TMCAError(f"model folder {folder}: weights do not fit the architecture in {CONFIG_FILE} ({error})") from error
-    model.config = TMCAConfig.from_dict(config_json["model"])
     return model.to(device).eval(), config_json

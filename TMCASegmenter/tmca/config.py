@@ -6,11 +6,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from tmca.choices import MODALITIES, PLANE_AXIS, PLANES
 from tmca.errors import TMCAError
 
 ENCODERS = ("efficientnet_lite0", "convnext_tiny", "small")
 LEVELS = (1, 2, 3, 4)
-PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}  # numpy (z, y, x) axis that 2D slices walk along
 
 
 @dataclass
@@ -55,6 +55,8 @@ class TMCAConfig:
         self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
         self.align_levels = tuple(int(level) for level in self.align_levels)
         self.level_weights = tuple(float(w) for w in self.level_weights)
+        self.modality = str(self.modality).strip().upper()
+        self.plane = str(self.plane).strip().lower()
         self.validate()
 
     @property
@@ -82,7 +84,9 @@ class TMCAConfig:
         if len(self.level_weights) != 4:
             problems.append("level_weights needs 4 values")
         if self.plane not in PLANE_AXIS:
-            problems.append(f"plane must be axial, coronal or sagittal, not {self.plane!r}")
+            problems.append(f"plane must be one of {', '.join(PLANES)}, not {self.plane!r}")
+        if self.modality not in MODALITIES:
+            problems.append(f"modality must be one of {', '.join(MODALITIES)}, not {self.modality!r}")
         if self.image_size % 32:
             problems.append(f"image_size must be a multiple of 32, not {self.image_size}")
         if problems:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from tmca.choices import check_device
 from tmca.errors import TMCAError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _mps_available() -> bool:
@@ -14,8 +13,8 @@ def _mps_available() -> bool:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """Turn ``auto``/``cpu``/``cuda``/``cuda:N``/``mps`` into a usable :class:`torch.device`."""
-    name = (name or "auto").strip().lower()
+    """Turn ``auto``/``cpu``/``cuda``/``cuda:N``/``mps`` (:data:`tmca.choices.DEVICES`) into a usable :class:`torch.device`."""
+    name = check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -28,11 +27,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise TMCAError(f"device {name!r} requested but CUDA is not available on this machine; use --device cpu or auto")
         return torch.device(name)
-    if name == "mps":
-        if not _mps_available():
-            raise TMCAError("device 'mps' requested but Apple MPS is not available; use --device cpu or auto")
-        return torch.device("mps")
-    raise TMCAError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    if not _mps_available():
+        raise TMCAError("device 'mps' requested but Apple MPS is not available; use --device cpu or auto")
+    return torch.device("mps")
 
 
 def device_report() -> list[dict]:

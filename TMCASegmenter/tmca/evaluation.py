@@ -12,13 +12,13 @@ from typing import Any, Callable
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
 from tmca.atomic import write_text_atomic
 from tmca.data.datasets import read_mask
 from tmca.imageio import LoadedImage, load_image
 from tmca.inference import Segmenter
 from tmca.metrics import dice, hd95, iou
+from tmca.preprocess import resize_slices
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,11 @@ def derangement(count: int, seed: int) -> list[int]:
 
 
 def resize_case(image: LoadedImage, mask: np.ndarray, size: int) -> tuple[LoadedImage, np.ndarray]:
-    """Resize every slice of image and mask to size x size (bilinear / nearest), as LViT and GuideDecoder evaluate."""
+    """Resize every slice of image and mask (z, y, x) to size x size (bilinear without antialiasing /
+    nearest), as LViT and GuideDecoder evaluate; the model's own input preparation follows in ``segment``."""
     array = sitk.GetArrayFromImage(image.image)  # (z, y, x)
-    tensor = torch.from_numpy(array)[:, None]
-    resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
-    resized_mask = F.interpolate(torch.from_numpy(mask.astype(np.float32))[:, None], size=(size, size), mode="nearest")[:, 0].numpy() > 0.5
+    resized = resize_slices(torch.from_numpy(array), size, antialias=False)[:, 0].numpy()
+    resized_mask = resize_slices(torch.from_numpy(mask.astype(np.float32)), size, mode="nearest")[:, 0].numpy() > 0.5
     out = sitk.GetImageFromArray(resized)
     spacing = image.image.GetSpacing()
     out.SetSpacing((spacing[0] * array.shape[2] / size, spacing[1] * array.shape[1] / size, spacing[2]))

@@ -60,6 +60,7 @@ _QATA = re.compile(
     r"^(?:(?P<lat>bilateral|unilateral)\s+)?(?:(?P<kind>[a-z][a-z -]*?)\s*,\s*)?"
     r"(?P<count>" + "|".join(COUNT_WORDS) + r"|\d{1,2})\s+(?P<noun>[a-z][a-z -]*?)\s*,\s*(?P<locs>[^.;:]+?)\s*\.?$"
 )
+_LATIN_WORD = re.compile(r"[0-9A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f]")  # ASCII, Latin-1 and Latin Extended letters, digits
 _SENTENCE_FINDING = re.compile(r"^(?P<what>.+?)\s+(?:in|at|within|of)\s+the\s+(?P<where>.+?)\.?$")
 
 
@@ -96,11 +97,18 @@ def normalize_report(text: str) -> str:
 def split_findings(report: str) -> list[Finding]:
     """Split ``report`` into one :class:`Finding` per target (see the module docstring).
 
-    Raises :class:`TMCAError` for a report without a letter or digit (empty, whitespace).
-    Names are at most 64 characters and unique within the report (``" 2"``, ``" 3"`` appended).
+    Raises :class:`TMCAError` for a report without a letter or digit in any script (empty,
+    whitespace, punctuation) and for one without a Latin letter or digit (the text encoders read
+    English). Text in other scripts reaches the findings unchanged. Names are at most 64
+    characters and unique within the report (``" 2"``, ``" 3"`` appended).
     """
     if not _has_words(report):
         raise TMCAError(f"empty report: {report!r}; give a report that describes the target, e.g. 'Small nodule in the upper left lung.'")
+    if not _LATIN_WORD.search(report):
+        raise TMCAError(
+            f"the report {report!r} has no words in Latin letters: the model understands English reports; "
+            "give the report in English, e.g. 'Mass in the left frontal lobe.'"
+        )
     findings = [finding for item in _split_items(report) for finding in _expand_item(item)]
     return _unique_names(findings)
 
@@ -176,7 +184,8 @@ def _sentence_items(report: str) -> list[str]:
 
 
 def _has_words(text: str) -> bool:
-    return re.search(r"[A-Za-z0-9]", text) is not None
+    """True when ``text`` has a letter or digit of any script."""
+    return any(character.isalnum() for character in text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +299,7 @@ def _singular(noun: str) -> str:
 def _as_sentence(text: str) -> str:
     """Tidied text with a capital first letter and a final full stop."""
     text = tidy_text(text).rstrip(" ,;:")
-    if not text.endswith((".", "!", "?")):
+    if not text.endswith((".", "!", "?", "\u3002", "\uff01", "\uff1f")):  # and the ideographic 。！？
         text += "."
     return text[0].upper() + text[1:]
 

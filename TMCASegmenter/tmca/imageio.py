@@ -19,26 +19,12 @@ import pydicom.pixels
 import SimpleITK as sitk
 from PIL import Image
 
-from tmca.errors import TMCAError
-
-MODALITIES = ("CT", "MR", "US", "XR", "OT")
-"""Modality labels used across TMCA; ``OT`` means unknown or other."""
+from tmca.choices import DICOM_MODALITY, check_modality
+from tmca.errors import TMCAError, reason
+from tmca.formats import READABLE_TEXT, is_dicom_name, is_raster
 
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
 """Weights of R, G, B in the grey value of a colour pixel."""
-
-_DICOM_MODALITY = {
-    "CT": "CT",
-    "MR": "MR",
-    "US": "US",
-    # Projection X-ray: computed/digital radiography, mammography, radiographic imaging,
-    # angiography, fluoroscopy, intra-oral and panoramic X-ray.
-    **dict.fromkeys(("XR", "CR", "DX", "MG", "RG", "XA", "RF", "IO", "PX"), "XR"),
-}
-
-_RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif"}
-_DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
-_SUPPORTED = "NIfTI, NRRD, MHA/MHD, DICOM, PNG, JPEG, BMP or TIFF"
 
 
 @dataclass
@@ -79,7 +65,7 @@ def load_image(path: str | os.PathLike, series_uid: str | None = None, modality:
     constant image.
     """
     source = Path(path)
-    requested_modality = _modality_argument(modality)
+    requested_modality = None if modality is None else check_modality(modality)
     if not source.exists():
         raise TMCAError(f"image not found: {source}; check the path")
     raw = _read_any(source, series_uid)
@@ -87,7 +73,7 @@ def load_image(path: str | os.PathLike, series_uid: str | None = None, modality:
     validate_voxels(image, source)
     return LoadedImage(
         image=image,
-        modality=requested_modality or _DICOM_MODALITY.get(raw.dicom_modality or "", "OT"),
+        modality=requested_modality or DICOM_MODALITY.get(raw.dicom_modality or "", "OT"),
         source=str(source),
         series_uid=raw.series_uid,
         was_2d=image.GetSize()[2] == 1,
@@ -109,18 +95,6 @@ def list_dicom_series(folder: str | os.PathLike) -> list[tuple[str, int, str]]:
 
 # ---------------------------------------------------------------------------------------------
 # Dispatch
-
-
-def _modality_argument(modality: str | None) -> str | None:
-    """Map a user-given modality to one of ``MODALITIES`` (None stays None)."""
-    if modality is None:
-        return None
-    code = modality.strip().upper()
-    if code in MODALITIES:
-        return code
-    if code in _DICOM_MODALITY:
-        return _DICOM_MODALITY[code]
-    raise TMCAError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
 
 
 def _read_any(source: Path, series_uid: str | None) -> _RawImage:
@@ -147,7 +121,7 @@ def _is_dicom_file(path: Path) -> bool:
             magic = stream.read(132)[128:]
     except OSError as exc:
         raise TMCAError(f"cannot open {path}: {exc.strerror}; check the file's permissions") from exc
-    return magic == b"DICM" or path.suffix.lower() in _DICOM_SUFFIXES
+    return magic == b"DICM" or is_dicom_name(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,13 +130,13 @@ def _is_dicom_file(path: Path) -> bool:
 
 def _read_image_file(path: Path) -> _RawImage:
     """Read NIfTI/NRRD/MHA/raster files with SimpleITK, raster files with Pillow as fallback."""
-    raster = path.suffix.lower() in _RASTER_SUFFIXES
+    raster = is_raster(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         if not raster:
             raise TMCAError(
-                f"cannot read {path}: not a readable {_SUPPORTED} image ({_reason(exc)}); "
+                f"cannot read {path}: not a readable {READABLE_TEXT} image ({reason(exc)}); "
                 "check that the file is complete and in a supported format"
             ) from exc
         return _read_with_pillow(path)
@@ -185,7 +159,7 @@ def _read_with_pillow(path: Path) -> _RawImage:
             pixels = np.asarray(converted)
     except (OSError, ValueError) as exc:
         raise TMCAError(
-            f"cannot read {path}: not a readable {_SUPPORTED} image ({_reason(exc)}); "
+            f"cannot read {path}: not a readable {READABLE_TEXT} image ({reason(exc)}); "
             "check that the file is complete and in a supported format"
         ) from exc
     colour = pixels.ndim == 3
@@ -201,7 +175,7 @@ def _dicom_header(path: str | os.PathLike) -> pydicom.Dataset:
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise TMCAError(f"cannot read DICOM file {path}: {_reason(exc)}; re-export it") from exc
+        raise TMCAError(f"cannot read DICOM file {path}: {reason(exc)}; re-export it") from exc
     if not any(tag.group in (0x0008, 0x0020, 0x0028) for tag in header.keys()):
         raise TMCAError(f"cannot read {path}: it is not a DICOM file (no study, series or image attributes); re-export it")
     return header
@@ -345,9 +319,9 @@ def _undecodable_message(path: Path, dataset: pydicom.Dataset, exc: Exception) -
     file_meta = getattr(dataset, "file_meta", None)
     syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     if syntax is None or not syntax.is_transfer_syntax:
-        return f"cannot decode the pixels of {path}: the file has no valid transfer syntax ({_reason(exc)}); re-export it as standard DICOM"
+        return f"cannot decode the pixels of {path}: the file has no valid transfer syntax ({reason(exc)}); re-export it as standard DICOM"
     if not syntax.is_compressed:
-        return f"cannot decode the pixels of {path} ({syntax.name}): the pixel data is damaged ({_reason(exc)}); re-export the image"
+        return f"cannot decode the pixels of {path} ({syntax.name}): the pixel data is damaged ({reason(exc)}); re-export the image"
     return (
         f"cannot decode the pixels of {path}: neither SimpleITK nor pydicom can decode {syntax.name} ({syntax}); "
         f"{_codec_hint(syntax.name)}, or convert the file to uncompressed DICOM (e.g. `gdcmconv --raw in.dcm out.dcm`)"
@@ -448,8 +422,3 @@ def validate_voxels(image: sitk.Image, source: str | Path) -> None:
     if low == high:
         raise TMCAError(f"{source} is constant (every voxel is {low:g}); there is nothing to segment, check the export")
 
-
-def _reason(exc: BaseException) -> str:
-    """The last non-empty line of an exception message (SimpleITK puts the reason last)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tmca.checkpoint import load_checkpoint
-from tmca.config import PLANE_AXIS
+from tmca.choices import PLANE_AXIS, check_modality, check_plane
 from tmca.devices import resolve_device
 from tmca.errors import CancelledError, TMCAError
 from tmca.findings import Finding, segment_color, split_findings, tidy_text
@@ -29,7 +29,7 @@ from tmca.metrics import mask_statistics
 from tmca.models import resolve_model
 from tmca.networks.fusion import fuse_for_inference
 from tmca.networks.text_encoder import TextFeatures
-from tmca.preprocess import normalize_intensity
+from tmca.preprocess import model_input, preprocess
 from tmca.protocol import FindingRecord, segment_id
 from tmca.segio import SegmentSpec, layer_placement, write_segmentation, write_volume
 
@@ -122,7 +122,8 @@ class _Stopper:
 class Segmenter:
     """Load a TMCA checkpoint once and segment scans from their reports.
 
-    model: a checkpoint folder, a training run folder, or None for the bundled demo model.
+    model: a checkpoint folder, a training run folder, or None for the bundled demo model; a 2D
+    model (a 3D checkpoint raises TMCAError: tmca segments slice by slice).
     device: "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps".
     batch_size: slices per forward pass (None: 16 on CPU, 64 on a GPU).
     """
@@ -132,9 +133,13 @@ class Segmenter:
         self.device = resolve_device(device)
         self.model, self.checkpoint = load_checkpoint(self.model_path, self.device)
         self.config = self.model.config
+        if self.config.spatial_dims != 2:
+            raise TMCAError(
+                f"model {self.model_path} is a {self.config.spatial_dims}D model; tmca segments with 2D models only "
+                "(slice by slice); train a 2D model with tmca train"
+            )
         fuse_for_inference(self.model)
-        if self.config.spatial_dims == 2:
-            self.model = self.model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
+        self.model = self.model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
         self.batch_size = batch_size or (16 if self.device.type == "cpu" else 64)
         if self.batch_size < 1:
             raise TMCAError(f"batch size must be at least 1, not {batch_size}")
@@ -161,9 +166,7 @@ class Segmenter:
         (or an exception from the callback) stops the work promptly with :class:`CancelledError`.
         """
         threshold = check_threshold(threshold)
-        plane = plane or self.config.plane
-        if plane not in PLANE_AXIS:
-            raise TMCAError(f"unknown plane {plane!r}; choose axial, coronal or sagittal")
+        plane = check_plane(plane or self.config.plane)
         findings = _findings_of(report, split_findings)
         stopper = _Stopper(cancel)
         notify = progress or (lambda done, total, stage: None)
@@ -171,15 +174,11 @@ class Segmenter:
         loaded = self._load(image, modality, series_uid)
         stopper.check()
         notify(0, 1, "preprocessing")
-        modality_used = loaded.modality if loaded.modality != "OT" else self.config.modality
-        volume = normalize_intensity(sitk.GetArrayFromImage(loaded.image), modality_used, self.config.intensity_policy or None)
+        volume = preprocess(loaded, self.config.modality, self.config.intensity_policy or None)
         if loaded.was_2d:
             plane = "axial"  # a single slice
         texts = self._encode_findings(findings) if self.config.text else [None] * len(findings)
-        if self.config.spatial_dims == 2:
-            probabilities, relevance = self._run_slices(volume, texts, PLANE_AXIS[plane], with_relevance, notify, stopper)
-        else:
-            probabilities, relevance = self._run_volume(volume, texts, with_relevance, notify, stopper)
+        probabilities, relevance = self._run_slices(volume, texts, PLANE_AXIS[plane], with_relevance, notify, stopper)
         notify(1, 1, "postprocessing")
         return SegmentationResult(loaded.image, findings, probabilities, threshold, relevance)
 
@@ -190,7 +189,7 @@ class Segmenter:
             if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
                 raise TMCAError("pass a scalar 3D SimpleITK image (or a file path, which handles 2D, colour and DICOM)")
             validate_voxels(image, "the image")
-            return LoadedImage(sitk.Cast(image, sitk.sitkFloat32), (modality or "OT").upper(), "<image>", None, False, False)
+            return LoadedImage(sitk.Cast(image, sitk.sitkFloat32), check_modality(modality) if modality else "OT", "<image>", None, False, False)
         return load_image(image, series_uid=series_uid, modality=modality)
 
     def _encode_findings(self, findings: list[Finding]) -> list[TextFeatures]:
@@ -230,11 +229,8 @@ class Segmenter:
         return np.ascontiguousarray(probabilities), None if relevance is None else np.ascontiguousarray(np.moveaxis(relevance, 1, axis + 1))
 
     def _predict_batch(self, slices: np.ndarray, texts, size: tuple[int, int], with_relevance: bool):
-        model_size = (self.config.image_size,) * 2
         with torch.inference_mode(), self._autocast():
-            x = torch.from_numpy(np.ascontiguousarray(slices)).to(self.device, torch.float32)[:, None]
-            if tuple(x.shape[2:]) != model_size:
-                x = F.interpolate(x, size=model_size, mode="bilinear", align_corners=False, antialias=True)
+            x = model_input(torch.from_numpy(np.ascontiguousarray(slices)).to(self.device, torch.float32), self.config.image_size)
             x = x.contiguous(memory_format=torch.channels_last)
             features = self.model.encoder(x)
             probabilities, relevance = [], []
@@ -244,25 +240,6 @@ class Segmenter:
                 if with_relevance:
                     relevance.append(_resize_sigmoid(output.relevance[-1], size) if output.relevance else torch.zeros_like(probabilities[-1]))
         return torch.stack(probabilities).cpu().numpy(), torch.stack(relevance).cpu().numpy() if with_relevance else None
-
-    def _run_volume(self, volume, texts, with_relevance, notify, stopper):
-        """3D model: the whole volume resized to the model's cube, one forward pass per finding."""
-        size = (self.config.image_size,) * 3
-        notify(0, len(texts), "segmenting")
-        probabilities, relevance = [], []
-        with torch.inference_mode(), self._autocast():
-            x = torch.from_numpy(volume).to(self.device, torch.float32)[None, None]
-            x = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
-            features = self.model.encoder(x)
-            for done, text in enumerate(texts, start=1):
-                stopper.check()
-                output = self.model.decode(features, x, None if text is None else text, with_alignment=False)
-                probabilities.append(_resize_sigmoid(output.logits, volume.shape)[0])
-                if with_relevance:
-                    relevance.append(_resize_sigmoid(output.relevance[-1], volume.shape)[0] if output.relevance else torch.zeros(volume.shape))
-                notify(done, len(texts), "segmenting")
-        stack = lambda parts: torch.stack(parts).cpu().numpy().astype(np.float32)  # noqa: E731
-        return stack(probabilities), stack(relevance) if with_relevance else None
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -283,10 +260,10 @@ class Segmenter:
 
 
 def _resize_sigmoid(logits: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """(B, 1, *model grid) logits -> (B, *size) float32 probabilities (interpolated as logits, then sigmoid)."""
+    """(B, 1, h, w) logits -> (B, *size) float32 probabilities (interpolated as logits, then sigmoid)."""
     logits = logits.float()
     if tuple(logits.shape[2:]) != tuple(size):
-        logits = F.interpolate(logits, size=tuple(size), mode="bilinear" if logits.ndim == 4 else "trilinear", align_corners=False)
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
     return torch.sigmoid(logits)[:, 0]
 
 

@@ -1,4 +1,15 @@
-"""Intensity normalisation by modality.
+"""Model-input preparation: the one path from a loaded image to what the network sees.
+
+Training (:class:`tmca.data.SliceDataset`), inference (:class:`tmca.inference.Segmenter`) and
+evaluation prepare images with these functions and nothing else (as nnU-Net uses one
+preprocessor for both):
+
+1. :func:`preprocess`: the whole volume's intensities scaled to [0, 1] by its modality's rule
+   (percentiles are taken over the whole volume, so this runs once per volume);
+2. :func:`model_input`: a batch of 2D slices resized to the model's square input, with the channel
+   axis added.
+
+Intensity normalisation by modality.
 
 An intensity policy maps a modality ("CT", "MR", "US", "XR", "OT") to a rule:
 
@@ -18,8 +29,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
 
 from tmca.errors import TMCAError
+from tmca.imageio import LoadedImage
 
 DEFAULT_INTENSITY_POLICY: dict[str, dict[str, list[float]]] = {
     "CT": {"window": [-1000.0, 1000.0]},
@@ -31,6 +46,37 @@ DEFAULT_INTENSITY_POLICY: dict[str, dict[str, list[float]]] = {
 """Default rule per modality (JSON-serialisable)."""
 
 _RULE_KEYS = ("window", "percentiles")
+
+
+def preprocess(image: LoadedImage, model_modality: str, policy: Mapping[str, Mapping[str, Any]] | None = None) -> np.ndarray:
+    """The model-ready intensities of ``image``: float32 (z, y, x) in [0, 1].
+
+    The image's own modality picks the intensity rule; an image without one (``"OT"``) is taken
+    to be ``model_modality`` (what the model was trained on). ``policy`` overrides the default
+    rules (see :func:`normalize_intensity`).
+    """
+    modality = image.modality if image.modality != "OT" else model_modality
+    return normalize_intensity(sitk.GetArrayFromImage(image.image), modality, policy)
+
+
+def model_input(slices: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, H, W) float32 slices -> (N, 1, size, size): antialiased bilinear resize, channel axis added.
+
+    Masks go through the same resize and are thresholded at 0.5 by the caller.
+    """
+    return resize_slices(slices, size)
+
+
+def resize_slices(slices: torch.Tensor, size: int, mode: str = "bilinear", antialias: bool = True) -> torch.Tensor:
+    """(N, H, W) -> (N, 1, size, size) with ``F.interpolate`` (no copy when already that size).
+
+    ``antialias`` applies to bilinear resizing only (nearest takes the nearest pixel).
+    """
+    x = slices[:, None]
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    smooth = {"align_corners": False, "antialias": antialias} if mode == "bilinear" else {}
+    return F.interpolate(x, size=(size, size), mode=mode, **smooth)
 
 
 def normalize_intensity(

@@ -21,12 +21,12 @@ import numpy as np
 import SimpleITK as sitk
 import slicerio
 
-from tmca.atomic import atomic_path
-from tmca.errors import TMCAError
+from tmca.atomic import atomic_path, atomic_path_with_companions
+from tmca.errors import TMCAError, reason
+from tmca.formats import DETACHED_HEADER_SUFFIXES, WRITABLE_VOLUME_SUFFIXES, has_suffix
 from tmca.protocol import segment_id
 
 _MAX_LABELS_PER_LAYER = 255  # uint8 layers
-_VOLUME_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")
 _BINARY_LABELMAP = "Binary labelmap"
 
 
@@ -50,8 +50,8 @@ def write_segmentation(
     ``masks[i]`` is a boolean array of shape (z, y, x) = ``reference``'s size reversed (SimpleITK's
     numpy order) and becomes segment ``segments[i]``; an empty mask is still written as a
     segment. The file has exactly ``reference``'s size, spacing, origin and direction. Raises
-    ``TMCAError`` for mismatched inputs or an unwritable destination; on failure no file (and no
-    temporary file) is left behind.
+    ``ValueError`` for mismatched masks, segments or reference (a caller's bug) and ``TMCAError``
+    for a bad or unwritable destination; on failure no file (and no temporary file) is left behind.
     """
     if not str(path).lower().endswith(".nrrd"):
         raise TMCAError(f"cannot write segmentation {path}: the file name must end in .seg.nrrd")
@@ -70,9 +70,12 @@ def write_segmentation(
         "referenceImageExtentOffset": [0, 0, 0],
         "conversionParameters": [_reference_geometry_parameter(reference)],
     }
+    utf8_names = _stand_in_names(segmentation["segments"])
     try:
         with atomic_path(path) as tmp:
             slicerio.write_segmentation(str(tmp), segmentation, compression_level=1)
+            if utf8_names:
+                _put_utf8_names(tmp, utf8_names)
     except OSError as exc:
         raise TMCAError(f"cannot write segmentation {path}: {exc.strerror or exc}; choose another output path") from exc
 
@@ -102,20 +105,23 @@ def write_volume(path: str | os.PathLike, image: sitk.Image | np.ndarray, refere
 
     ``image`` is a SimpleITK image or a numpy array of shape (z, y, x) (scalar) or (z, y, x, c)
     (``c`` components per voxel); boolean arrays are written as uint8. ``reference`` supplies
-    the geometry (size must match). Extensions: .nrrd, .nii.gz, .nii, .mha. Written atomically.
+    the geometry (size must match). Extensions: :data:`tmca.formats.WRITABLE_VOLUME_SUFFIXES`;
+    ``.nhdr`` and ``.mhd`` headers get their data file beside them (``.raw.gz``, ``.zraw``).
+    Written atomically.
     """
-    if not str(path).lower().endswith(_VOLUME_SUFFIXES):
-        raise TMCAError(f"cannot write {path}: unsupported extension; use one of {', '.join(_VOLUME_SUFFIXES)}")
+    if not has_suffix(path, WRITABLE_VOLUME_SUFFIXES):
+        raise TMCAError(f"cannot write {path}: unsupported extension; use one of {', '.join(WRITABLE_VOLUME_SUFFIXES)}")
     volume = _as_sitk(image)
     if reference is not None:
         if volume.GetSize() != reference.GetSize():
-            raise TMCAError(f"cannot write {path}: image size {volume.GetSize()} differs from the reference {reference.GetSize()}")
+            raise ValueError(f"cannot write {path}: image size {volume.GetSize()} differs from the reference {reference.GetSize()}")
         volume.CopyInformation(reference)
+    writer = atomic_path_with_companions if has_suffix(path, DETACHED_HEADER_SUFFIXES) else atomic_path
     try:
-        with atomic_path(path) as tmp:
+        with writer(path) as tmp:
             sitk.WriteImage(volume, str(tmp), useCompression=True)
     except RuntimeError as exc:
-        raise TMCAError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}; choose another output path") from exc
+        raise TMCAError(f"cannot write {path}: {reason(exc)}; choose another output path") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,22 +131,22 @@ def write_volume(path: str | os.PathLike, image: sitk.Image | np.ndarray, refere
 def _reference_shape(reference: sitk.Image) -> tuple[int, int, int]:
     """(z, y, x) shape of a 3D reference image."""
     if reference.GetDimension() != 3:
-        raise TMCAError(f"the reference image is {reference.GetDimension()}D; segmentations need a 3D reference image")
+        raise ValueError(f"the reference image is {reference.GetDimension()}D; segmentations need a 3D reference image")
     return tuple(reversed(reference.GetSize()))
 
 
 def _check_segments(masks: Sequence[np.ndarray], segments: Sequence[SegmentSpec], shape: tuple[int, int, int]) -> None:
     """One mask per segment, each on the reference grid, with an RGB colour in 0..1."""
     if len(masks) != len(segments):
-        raise TMCAError(f"got {len(masks)} masks for {len(segments)} segments; give one mask per segment")
+        raise ValueError(f"got {len(masks)} masks for {len(segments)} segments; give one mask per segment")
     for index, (mask, spec) in enumerate(zip(masks, segments)):
         if np.shape(mask) != shape:
-            raise TMCAError(
+            raise ValueError(
                 f"mask {index} ({spec.name!r}) has shape {np.shape(mask)} but the reference image is (z, y, x) = {shape}; "
                 "resample the mask onto the reference grid"
             )
         if len(spec.color) != 3 or not all(0.0 <= float(c) <= 1.0 for c in spec.color):
-            raise TMCAError(f"segment {spec.name!r} has colour {spec.color}; give three values between 0 and 1")
+            raise ValueError(f"segment {spec.name!r} has colour {spec.color}; give three values between 0 and 1")
 
 
 def layer_placement(masks: Sequence[np.ndarray]) -> list[tuple[int, int]]:
@@ -204,6 +210,27 @@ def _segment_fields(index: int, spec: SegmentSpec, layer: int, label: int, shape
     }
 
 
+def _stand_in_names(segments: list[dict[str, Any]]) -> dict[str, str]:
+    """Give each non-ASCII segment name an ASCII stand-in (pynrrd writes ASCII headers only);
+    returns stand-in -> name for :func:`_put_utf8_names`."""
+    names = {}
+    for index, fields in enumerate(segments):
+        if not fields["name"].isascii():
+            names[f"tmca-utf8-name-{index}"], fields["name"] = fields["name"], f"tmca-utf8-name-{index}"
+    return names
+
+
+def _put_utf8_names(path: Path, names: dict[str, str]) -> None:
+    """Replace the stand-in names in the NRRD header of ``path`` by the real names in UTF-8 (as
+    Slicer writes and ITK reads them); the header ends at the first blank line."""
+    data = path.read_bytes()
+    end = data.index(b"\n\n") + 2
+    header = data[:end]
+    for stand_in, name in names.items():
+        header = header.replace(f":={stand_in}\n".encode("ascii"), f":={name}\n".encode("utf-8"))
+    path.write_bytes(header + data[end:])
+
+
 def _reference_geometry_parameter(reference: sitk.Image) -> dict[str, str]:
     """Slicer's "Reference image geometry" conversion parameter: IJK-to-RAS row-major; extent."""
     ijk_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ _ijk_to_lps(reference)
@@ -252,5 +279,5 @@ def _as_sitk(image: sitk.Image | np.ndarray) -> sitk.Image:
     if array.dtype == bool:
         array = array.astype(np.uint8)
     if array.ndim not in (3, 4):
-        raise TMCAError(f"cannot write an array of shape {array.shape}; give (z, y, x) or (z, y, x, components)")
+        raise ValueError(f"cannot write an array of shape {array.shape}; give (z, y, x) or (z, y, x, components)")
     return sitk.GetImageFromArray(array, isVector=array.ndim == 4)

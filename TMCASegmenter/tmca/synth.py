@@ -2,15 +2,15 @@
 
 Each case shows 0-3 lesions at distinct named locations; its report describes some or all of
 them and the target mask is the union of the *described* lesions only, so the text decides the
-target. Modalities (images in modality units, arrays in numpy order):
+target. Modalities (codes of :mod:`tmca.choices`, any case; images in modality units, arrays in numpy order):
 
-- ``ct``: chest CT in HU. 3D: axial slices, DICOM-like LPS geometry (columns run to the patient's
+- ``CT``: chest CT in HU. 3D: axial slices, DICOM-like LPS geometry (columns run to the patient's
   left, rows to posterior, slices to superior); 2D: a coronal slice (rows run superior to inferior)
   so that "upper/middle/lower lung" are image rows, as in a radiograph.
-- ``xr``: PA chest radiograph (2D only), detector-like units 0..4095, bones bright, lungs dark.
-- ``mr``: axial brain MR, FLAIR-like contrast (CSF dark, lesions bright), bias field, Rician noise,
+- ``XR``: PA chest radiograph (2D only), detector-like units 0..4095, bones bright, lungs dark.
+- ``MR``: axial brain MR, FLAIR-like contrast (CSF dark, lesions bright), bias field, Rician noise,
   arbitrary units (about 0..1200).
-- ``us``: ultrasound sector (fan) with speckle and hypo-echoic lesions, echo units 0..255.
+- ``US``: ultrasound sector (fan) with speckle and hypo-echoic lesions, echo units 0..255.
 
 Radiological convention everywhere: the patient's left is the image's right (larger column index).
 Locations: chest ``"{upper|middle|lower} {left|right} lung"`` (thirds of the lung extent: rows in
@@ -43,9 +43,9 @@ import numpy as np
 from scipy import ndimage
 
 from tmca.atomic import atomic_path, write_text_atomic
+from tmca.choices import SYNTH_MODALITIES, check_modality
 from tmca.errors import TMCAError
 
-MODALITIES = ("ct", "mr", "us", "xr")
 DEFAULT_SIZE_2D = 256
 DEFAULT_SIZE_3D = 160  # with DEFAULT_DEPTH: the volumes the bundled demo model was trained on
 DEFAULT_DEPTH = 80
@@ -60,11 +60,11 @@ COUNT_WORDS = ("no", "one", "two", "three")
 MIN_SIZE, MAX_SIZE, MIN_DEPTH = 64, 2048, 12
 
 # Field of view in mm: (z extent, in-plane extent) per modality; spacing = extent / voxels.
-_FIELD_OF_VIEW_MM = {"ct": (320.0, 380.0), "xr": (0.0, 400.0), "mr": (160.0, 230.0), "us": (40.0, 60.0)}
+_FIELD_OF_VIEW_MM = {"CT": (320.0, 380.0), "XR": (0.0, 400.0), "MR": (160.0, 230.0), "US": (40.0, 60.0)}
 # Where a 3D volume's centre lies in patient coordinates (LPS, mm): a non-identity origin.
 _VOLUME_CENTRE_MM = (0.0, 30.0, -180.0)
 # Display window (low, high) for 8-bit PNGs; None: 0.5th to 99.8th percentile of the image.
-_PNG_WINDOW = {"ct": (-1100.0, 500.0), "xr": (0.0, 4095.0), "mr": None, "us": (0.0, 255.0)}
+_PNG_WINDOW = {"CT": (-1100.0, 500.0), "XR": (0.0, 4095.0), "MR": None, "US": (0.0, 255.0)}
 
 
 class Tissue(IntEnum):
@@ -87,10 +87,10 @@ class _Vocabulary:
 
 
 VOCABULARY = {
-    "ct": _Vocabulary("nodule", ("sentences", "qata"), {"small": (5.0, 9.0), "large": (13.0, 22.0)}),
-    "xr": _Vocabulary("opacity", ("sentences", "qata"), {"small": (10.0, 18.0), "large": (22.0, 36.0)}),
-    "mr": _Vocabulary("hyperintense lesion", ("sentences", "list", "numbered"), {"small": (4.0, 8.0), "large": (10.0, 18.0)}),
-    "us": _Vocabulary("hypoechoic lesion", ("sentences", "list", "numbered"), {"small": (1.5, 3.0), "large": (4.0, 7.0)}),
+    "CT": _Vocabulary("nodule", ("sentences", "qata"), {"small": (5.0, 9.0), "large": (13.0, 22.0)}),
+    "XR": _Vocabulary("opacity", ("sentences", "qata"), {"small": (10.0, 18.0), "large": (22.0, 36.0)}),
+    "MR": _Vocabulary("hyperintense lesion", ("sentences", "list", "numbered"), {"small": (4.0, 8.0), "large": (10.0, 18.0)}),
+    "US": _Vocabulary("hypoechoic lesion", ("sentences", "list", "numbered"), {"small": (1.5, 3.0), "large": (4.0, 7.0)}),
 }
 
 
@@ -130,8 +130,8 @@ class SynthCase:
 
 
 def report_styles(modality: str) -> tuple[str, ...]:
-    """The report styles the generator uses for ``modality``."""
-    return VOCABULARY[modality].styles
+    """The report styles the generator uses for ``modality`` (any case)."""
+    return VOCABULARY[_modality(modality)].styles
 
 
 def describe(lesions: Sequence[Lesion], modality: str, style: str) -> str:
@@ -140,6 +140,7 @@ def describe(lesions: Sequence[Lesion], modality: str, style: str) -> str:
     No lesion: ``"No focal lesion."``. One lesion: ``"Small nodule in the upper left lung."``
     (``qata``: ``"Unilateral pulmonary infection, one infected area, upper left lung."``).
     """
+    modality = _modality(modality)
     if style not in report_styles(modality):
         raise ValueError(f"style {style!r} is not used for {modality}; use one of {report_styles(modality)}")
     if not lesions:
@@ -623,13 +624,13 @@ class _Ultrasound:
 
 
 _PHANTOMS = {
-    ("ct", 3): _ChestCTAxial,
-    ("ct", 2): _ChestCTCoronal,
-    ("xr", 2): _ChestXR,
-    ("mr", 2): _BrainMR,
-    ("mr", 3): _BrainMR,
-    ("us", 2): _Ultrasound,
-    ("us", 3): _Ultrasound,
+    ("CT", 3): _ChestCTAxial,
+    ("CT", 2): _ChestCTCoronal,
+    ("XR", 2): _ChestXR,
+    ("MR", 2): _BrainMR,
+    ("MR", 3): _BrainMR,
+    ("US", 2): _Ultrasound,
+    ("US", 3): _Ultrasound,
 }
 
 
@@ -645,6 +646,7 @@ def generate_case(
 
     Deterministic for the state of ``rng``. See :class:`SynthCase` for the arrays' shapes.
     """
+    modality = _modality(modality)
     _check_arguments(modality, dims, size, depth)
     grid = _make_grid(modality, dims, size, depth)
     phantom: _Phantom = _PHANTOMS[(modality, dims)](grid, rng)
@@ -676,9 +678,12 @@ def generate_case(
     )
 
 
+def _modality(name: str) -> str:
+    """The registry code (:data:`tmca.choices.SYNTH_MODALITIES`) of ``name``, given in any case."""
+    return check_modality(name, SYNTH_MODALITIES)
+
+
 def _check_arguments(modality: str, dims: int, size: int, depth: int) -> None:
-    if modality not in MODALITIES:
-        raise TMCAError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
     if dims not in (2, 3):
         raise TMCAError(f"dims must be 2 or 3, not {dims}")
     if (modality, dims) not in _PHANTOMS:
@@ -808,6 +813,7 @@ def write_dataset(
     themselves and the Val and Test splits are the same as with 1. Every file is written atomically.
     """
     size = size or (DEFAULT_SIZE_2D if dims == 2 else DEFAULT_SIZE_3D)
+    modality = _modality(modality)
     _check_arguments(modality, dims, size, depth)
     if cases < 1:
         raise TMCAError(f"--cases must be at least 1, not {cases}")
@@ -816,7 +822,7 @@ def write_dataset(
     if reports_per_case < 1:
         raise TMCAError(f"--reports-per-case must be at least 1, not {reports_per_case}")
     root = Path(output)
-    names = [f"{modality}_{i:0{max(4, len(str(cases - 1)))}d}" for i in range(cases)]
+    names = [f"{modality.lower()}_{i:0{max(4, len(str(cases - 1)))}d}" for i in range(cases)]
     splits = _assign_splits(cases, seed)
     records = []
     for i, name in enumerate(names):
@@ -888,7 +894,7 @@ def _assign_splits(cases: int, seed: int) -> list[str]:
 
 def display_window(image: np.ndarray, modality: str) -> np.ndarray:
     """uint8 image (same shape) after the modality's display window (``_PNG_WINDOW``)."""
-    window = _PNG_WINDOW[modality]
+    window = _PNG_WINDOW[_modality(modality)]
     low, high = window if window else (float(np.percentile(image, 0.5)), float(np.percentile(image, 99.8)))
     scaled = (image.astype(np.float32) - low) / max(high - low, 1e-6)
     return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -908,7 +914,7 @@ def _write_volume_case(root: Path, name: str, case: SynthCase, image: bool = Tru
     """``masks/<name>.nii.gz``, ``reports/<name>.txt`` and, with ``image``, ``images/<name>.nii.gz``."""
     import SimpleITK as sitk
 
-    dtypes = {"ct": np.int16, "mr": np.int16, "us": np.uint8}
+    dtypes = {"CT": np.int16, "MR": np.int16, "US": np.uint8}
     arrays = [("masks", case.mask)]
     if image:
         arrays.insert(0, ("images", np.round(case.image).astype(dtypes[case.modality])))

@@ -117,7 +117,7 @@ class Trainer:
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.run_dir = Path(options.output)
-        self.progress = progress or (lambda *a, **k: None)
+        self.progress = progress if progress and self.rank == 0 else (lambda *a, **k: None)  # rank 0 reports for all
         seed_everything(options.seed + self.rank)
         self.config = TMCAConfig.from_dict(options.model) if options.model else TMCAConfig()
         self.model = TMCANet(self.config).to(self.device)
@@ -164,8 +164,8 @@ class Trainer:
         for epoch in range(self.start_epoch, self.options.epochs):
             epoch_started = time.monotonic()
             stats = self._train_epoch(epoch, deadline)
-            val_dice = self.validate() if self.rank == 0 else 0.0
-            improved = val_dice > self.best_dice
+            val_dice = self._from_rank_zero(self.validate() if self.rank == 0 else 0.0)
+            improved = val_dice > self.best_dice  # the same on every rank: best_dice and patience agree
             if improved:
                 self.best_dice, self.stale_epochs = val_dice, 0
             else:
@@ -193,11 +193,15 @@ class Trainer:
 
     def _agree(self, flag: bool) -> bool:
         """Every process takes rank 0's decision."""
+        return bool(self._from_rank_zero(1.0 if flag else 0.0))
+
+    def _from_rank_zero(self, value: float) -> float:
+        """Rank 0's ``value`` on every process (``value`` itself on one process)."""
         if self.world == 1:
-            return flag
-        value = torch.tensor([1.0 if flag else 0.0])
-        dist.broadcast(value, src=0)
-        return bool(value.item())
+            return value
+        shared = torch.tensor([float(value)], dtype=torch.float64)
+        dist.broadcast(shared, src=0)
+        return float(shared.item())
 
     def _train_epoch(self, epoch: int, deadline: float | None) -> dict[str, float]:
         self.trainer_module.train()

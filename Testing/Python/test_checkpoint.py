@@ -37,6 +37,22 @@ def test_round_trip_gives_identical_outputs(saved, text_encoder):
     assert loaded.config == model.config
 
 
+def test_loading_builds_the_config_once_and_keeps_the_trained_pretrained_flag(tmp_path, small_config, text_encoder, monkeypatch):
+    from tmca.config import TMCAConfig
+    from tmca.networks import tmca_net
+
+    folder = save_checkpoint(tmp_path / "ckpt", TMCANet(small_config(encoder_pretrained=True), text_encoder))
+    built, flags_seen_by_the_network = [], []
+    validate = TMCAConfig.validate
+    monkeypatch.setattr(TMCAConfig, "validate", lambda self: (built.append(1), validate(self))[1])
+    build_encoder = tmca_net.build_encoder
+    monkeypatch.setattr(tmca_net, "build_encoder", lambda *a: (flags_seen_by_the_network.append(a[4]), build_encoder(*a))[1])
+    loaded, _ = load_checkpoint(folder, text_encoder=text_encoder)
+    assert len(built) == 1
+    assert flags_seen_by_the_network == [False]  # no ImageNet weights are read for a trained model
+    assert loaded.config.encoder_pretrained is True
+
+
 def test_checkpoint_files_and_manifest(saved):
     _, folder = saved
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "manifest.json", "model.safetensors"]

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import re
-from pathlib import Path
 
 import pytest
 
+from datapaths import qata_reports
 from tmca.errors import TMCAError
 from tmca.findings import MAX_NAME_LENGTH, normalize_report, segment_color, split_findings
 
-QATA_REPORTS = Path("/work/shared/data/reports/qata_test_reports.csv")
 COUNTS = {"one": 1, "two": 2, "three": 3}
-
-
-def _real_reports() -> list[str]:
-    with QATA_REPORTS.open(newline="", encoding="utf-8") as handle:
-        return [row["Description"] for row in csv.DictReader(handle)]
 
 
 def _sides(text: str) -> list[str]:
@@ -25,8 +18,8 @@ def _sides(text: str) -> list[str]:
 
 
 def test_all_real_reports_split_into_the_stated_number_of_single_location_findings():
-    reports = _real_reports()
-    assert len(reports) == 38
+    reports = qata_reports()
+    assert len(reports) >= 30
     for report in reports:
         stated = COUNTS[re.search(r"\b(one|two|three) infected areas?\b", report).group(1)]
         findings = split_findings(report)
@@ -129,6 +122,21 @@ def test_names_are_unique_and_bounded():
 def test_empty_report_is_an_error(report):
     with pytest.raises(TMCAError, match="empty report"):
         split_findings(report)
+
+
+def test_a_report_in_another_script_is_not_called_empty():
+    with pytest.raises(TMCAError, match="has no words in Latin letters: the model understands English reports") as refused:
+        split_findings("左额叶肿块。")
+    assert "empty" not in str(refused.value)
+
+
+@pytest.mark.parametrize("report, texts", [
+    ("Lésion hypoéchogène à gauche.", ["Lésion hypoéchogène à gauche."]),
+    ("Mass in the left frontal lobe. 右侧另见结节。", ["Mass in the left frontal lobe.", "右侧另见结节。"]),
+    ("Masse im linken Frontallappen, Größe 2 cm", ["Masse im linken Frontallappen, Größe 2 cm."]),
+])
+def test_non_ascii_text_is_kept_unchanged(report, texts):
+    assert [finding.text for finding in split_findings(report)] == texts
 
 
 def test_normalize_report_identifies_the_same_report():

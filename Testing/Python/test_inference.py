@@ -176,3 +176,12 @@ def test_gpu_out_of_memory_halves_the_batch_then_falls_back_to_cpu(tiny_model_di
     assert sizes == [4, 2, 1, 6]  # halved twice; then on the CPU with its own batch size
     assert segmenter.device.type == "cpu"
     assert result.probabilities.shape == (1, 6, 32, 40)
+
+
+def test_a_3d_checkpoint_is_refused_with_a_clear_message(tmp_path, small_config, text_encoder):
+    from tmca.checkpoint import save_checkpoint
+    from tmca.networks.tmca_net import TMCANet
+
+    folder = save_checkpoint(tmp_path / "volume-model", TMCANet(small_config(spatial_dims=3, image_size=32), text_encoder))
+    with pytest.raises(TMCAError, match="is a 3D model; tmca segments with 2D models only"):
+        Segmenter(folder, device="cpu")

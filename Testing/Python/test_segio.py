@@ -182,8 +182,8 @@ def test_plain_label_map_reads_one_segment_per_label(tmp_path: Path) -> None:
         ([np.zeros((4, 5, 6), bool)], [SegmentSpec("a", (255, 0, 0))], "three values between 0 and 1"),
     ],
 )
-def test_bad_masks_are_user_errors_and_write_nothing(tmp_path: Path, masks: list, segments: list, message: str) -> None:
-    with pytest.raises(TMCAError, match=message):
+def test_bad_masks_are_library_errors_and_write_nothing(tmp_path: Path, masks: list, segments: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         write_segmentation(tmp_path / "bad.seg.nrrd", masks, _reference(), segments)
     assert list(tmp_path.iterdir()) == []
 
@@ -230,6 +230,15 @@ def test_failing_segmentation_write_leaves_no_file_and_keeps_the_old_one(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.seg.nrrd"]
 
 
+def test_non_ascii_segment_names_are_written_in_utf8_as_itk_reads_them(tmp_path: Path) -> None:
+    a, b, _ = _boxes((4, 5, 6))
+    path = tmp_path / "names.seg.nrrd"
+    write_segmentation(path, [a, b], _reference(), [SegmentSpec("lésion hypoéchogène", RED), SegmentSpec("肿块 mass", GREEN)])
+    written = sitk.ReadImage(str(path))
+    assert [written.GetMetaData(f"Segment{i}_Name") for i in (0, 1)] == ["lésion hypoéchogène", "肿块 mass"]
+    np.testing.assert_array_equal(slicerio.segment_mask(slicerio.read_segmentation(str(path)), "Segment_1").transpose(2, 1, 0), a)
+
+
 def test_failing_volume_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def half_write(image: sitk.Image, filename: str, *args: object, **kwargs: object) -> None:
         Path(filename).write_bytes(b"partial")
@@ -238,6 +247,25 @@ def test_failing_volume_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(tmca.segio.sitk, "WriteImage", half_write)
     with pytest.raises(TMCAError, match="cannot write .*ITK ERROR: disk full"):
         write_volume(tmp_path / "v.nii.gz", np.zeros((2, 3, 4), np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix, data_file", [(".nhdr", "probability.raw.gz"), (".mhd", "probability.zraw")])
+def test_write_volume_detached_header_gets_its_data_file_beside_it(tmp_path: Path, suffix: str, data_file: str) -> None:
+    values = np.random.default_rng(2).random((4, 5, 6)).astype(np.float32)
+    write_volume(tmp_path / f"probability{suffix}", values, _reference())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"probability{suffix}", data_file])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"probability{suffix}"))), values)
+
+
+def test_failing_detached_volume_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def half_write(image: sitk.Image, filename: str, *args: object, **kwargs: object) -> None:
+        Path(filename).with_suffix(".raw.gz").write_bytes(b"partial")
+        raise RuntimeError("ITK ERROR: disk full")
+
+    monkeypatch.setattr(tmca.segio.sitk, "WriteImage", half_write)
+    with pytest.raises(TMCAError, match="disk full"):
+        write_volume(tmp_path / "v.nhdr", np.zeros((2, 3, 4), np.float32))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -277,15 +305,15 @@ def test_write_volume_copies_reference_geometry_without_touching_the_input(tmp_p
 
 
 @pytest.mark.parametrize(
-    ("name", "image", "message"),
+    ("name", "image", "error", "message"),
     [
-        ("v.png", np.zeros((2, 2, 2)), "unsupported extension; use one of .nrrd, .nii.gz, .nii, .mha"),
-        ("v.nrrd", np.zeros((2, 2)), r"array of shape \(2, 2\)"),
-        ("v.nrrd", np.zeros((3, 5, 6)), r"image size \(6, 5, 3\) differs from the reference \(6, 5, 4\)"),
+        ("v.png", np.zeros((2, 2, 2)), TMCAError, "unsupported extension; use one of .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd"),
+        ("v.nrrd", np.zeros((2, 2)), ValueError, r"array of shape \(2, 2\)"),
+        ("v.nrrd", np.zeros((3, 5, 6)), ValueError, r"image size \(6, 5, 3\) differs from the reference \(6, 5, 4\)"),
     ],
 )
-def test_write_volume_user_errors(tmp_path: Path, name: str, image: np.ndarray, message: str) -> None:
-    with pytest.raises(TMCAError, match=message):
+def test_write_volume_errors(tmp_path: Path, name: str, image: np.ndarray, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
         write_volume(tmp_path / name, image, _reference())
     assert list(tmp_path.iterdir()) == []
 

@@ -162,10 +162,26 @@ def test_long_report_warns_but_succeeds(tmp_path, tiny_model_dir, capsys):
     assert (tmp_path / "out.seg.nrrd").exists()
 
 
-def test_unknown_device(tmp_path, tiny_model_dir, capsys):
+@pytest.mark.parametrize("option, value, message", [("--device", "quantum", "unknown device 'quantum'"),
+                                                     ("--modality", "PET", "unknown modality 'PET'"),
+                                                     ("--plane", "oblique", "unknown plane 'oblique'")])
+def test_unknown_choice_is_a_usage_error_before_any_work(tmp_path, tiny_model_dir, capsys, option, value, message):
     path = _volume(tmp_path, np.random.rand(4, 16, 16).astype(np.float32))
-    _expect_error(["segment", str(path), "--report", REPORT, "--output", str(tmp_path / "out.seg.nrrd"), "--model", str(tiny_model_dir),
-                   "--device", "quantum"], capsys, "unknown device", tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(["segment", str(path), "--report", REPORT, "--output", str(tmp_path / "out.seg.nrrd"), "--model", str(tiny_model_dir),
+              option, value])
+    assert stopped.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"tmca segment: error: argument {option}: {message}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nrrd"]
+
+
+def test_dicom_modality_codes_and_any_case_are_accepted(tmp_path, tiny_model_dir, capsys):
+    path = _volume(tmp_path, np.random.rand(4, 16, 16).astype(np.float32))
+    out = tmp_path / "out.seg.nrrd"
+    code, _, stderr = _run(["segment", str(path), "--report", REPORT, "--output", str(out), "--model", str(tiny_model_dir),
+                            "--modality", "cr", "--plane", "Coronal"], capsys)
+    assert code == 0, stderr and out.is_file()
 
 
 def test_model_folder_missing_files_or_failing_hashes(tmp_path, tiny_model_dir, capsys):
@@ -210,4 +226,131 @@ def test_png_input_gives_a_single_slice_segmentation(tmp_path, tiny_model_dir, c
     code, _, stderr = _run(["segment", str(png), "--report", "Hypoechoic lesion.", "--output", str(out), "--model", str(tiny_model_dir)], capsys)
     assert code == 0, stderr
     written = slicerio.read_segmentation(str(out))
-    assert written["voxels"].shape[:3] in {(40, 48, 1), (1, 48, 40)}
+    assert written["voxels"].shape == (40, 48, 1)  # slicerio's (i, j, k) = (columns, rows, slices) of a 48-row, 40-column PNG
+
+
+# --------------------------------------------------------------------------- outputs and file formats
+
+
+def _segment(tmp_path: Path, tiny_model_dir: Path, image: Path, capsys, *extra: str, output: Path | None = None):
+    output = output or tmp_path / "out.seg.nrrd"
+    return _run(["segment", str(image), "--report", REPORT, "--output", str(output), "--model", str(tiny_model_dir), *extra], capsys)
+
+
+@pytest.mark.parametrize("suffix, data_file", [(".nhdr", "p.raw.gz"), (".mhd", "p.zraw")])
+def test_probability_map_with_a_detached_header(tmp_path, tiny_model_dir, capsys, suffix, data_file):
+    image = _volume(tmp_path, np.random.default_rng(0).random((4, 16, 16), dtype=np.float32))
+    code, _, stderr = _segment(tmp_path, tiny_model_dir, image, capsys, "--probability", str(tmp_path / f"p{suffix}"))
+    assert code == 0, stderr
+    probability = sitk.ReadImage(str(tmp_path / f"p{suffix}"))
+    assert probability.GetSize() == (16, 16, 4) and probability.GetNumberOfComponentsPerPixel() == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["scan.nrrd", "out.seg.nrrd", f"p{suffix}", data_file])
+
+
+@pytest.mark.parametrize("option", ["--probability", "--relevance"])
+def test_a_map_with_an_unwritable_format_is_refused_before_any_work(tmp_path, tiny_model_dir, capsys, option):
+    image = _volume(tmp_path, np.random.default_rng(0).random((4, 16, 16), dtype=np.float32))
+    missing_model = tmp_path / "no-model"  # never loaded: the output is refused first
+    code, _, stderr = _run(["segment", str(image), "--report", REPORT, "--output", str(tmp_path / "out.seg.nrrd"),
+                            "--model", str(missing_model), option, str(tmp_path / "p.png")], capsys)
+    assert code == 2 and "must end with .nii.gz or .nii or .nrrd or .nhdr or .mha or .mhd" in stderr.splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nrrd"]
+
+
+def _refused(tmp_path: Path, args: list[str], capsys, message: str, before: dict[str, bytes]) -> None:
+    code, _, stderr = _run(args, capsys)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("tmca segment: error:") and message in lines[0], stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written or changed
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_output_that_is_the_input_is_refused(tmp_path, tiny_model_dir, capsys):
+    image = _volume(tmp_path, np.random.default_rng(0).random((4, 16, 16), dtype=np.float32))
+    base = ["segment", str(image), "--report", REPORT, "--model", str(tiny_model_dir)]
+    _refused(tmp_path, [*base, "--output", str(image)], capsys, "would overwrite the input", _snapshot(tmp_path))
+    same_by_another_name = tmp_path / "sub" / ".." / "scan.nrrd"
+    (tmp_path / "sub").mkdir()
+    _refused(tmp_path, [*base, "--output", str(tmp_path / "o.seg.nrrd"), "--probability", str(same_by_another_name)], capsys,
+             "probability map", _snapshot(tmp_path))
+
+
+def test_output_whose_data_file_is_the_inputs_data_file_is_refused(tmp_path, tiny_model_dir, capsys):
+    array = np.random.default_rng(0).random((4, 16, 16), dtype=np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "x.nhdr"), useCompression=True)  # x.nhdr + x.raw.gz
+    image = tmp_path / "scan.nhdr"
+    (tmp_path / "x.nhdr").rename(image)  # its header still names x.raw.gz
+    args = ["segment", str(image), "--report", REPORT, "--model", str(tiny_model_dir), "--output", str(tmp_path / "o.seg.nrrd"),
+            "--probability", str(tmp_path / "x.nhdr")]  # writing x.nhdr writes x.raw.gz
+    _refused(tmp_path, args, capsys, "would overwrite the input", _snapshot(tmp_path))
+
+
+def test_output_inside_the_input_dicom_folder_is_refused(tmp_path, tiny_model_dir, capsys):
+    from datapaths import pydicom_test_file
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    (folder / "CT_small.dcm").write_bytes(pydicom_test_file("CT_small.dcm").read_bytes())
+    args = ["segment", str(folder), "--report", REPORT, "--model", str(tiny_model_dir), "--output", str(folder / "ct.seg.nrrd")]
+    _refused(tmp_path, args, capsys, "inside the input DICOM folder", _snapshot(tmp_path))
+
+
+@pytest.mark.parametrize("outputs, message", [
+    (["--output", "a.seg.nrrd", "--probability", "a.seg.nrrd"], "the probability map and the output are the same file"),
+    (["--output", "a.seg.nrrd", "--probability", "p.nrrd", "--relevance", "p.nrrd"], "the relevance map and the probability map"),
+])
+def test_two_outputs_in_one_file_are_refused(tmp_path, tiny_model_dir, capsys, outputs, message):
+    image = _volume(tmp_path, np.random.default_rng(0).random((4, 16, 16), dtype=np.float32))
+    paths = [value if value.startswith("--") else str(tmp_path / value) for value in outputs]
+    args = ["segment", str(image), "--report", REPORT, "--model", str(tiny_model_dir), *paths]
+    _refused(tmp_path, args, capsys, message, _snapshot(tmp_path))
+
+
+# --------------------------------------------------------------------------- reports in other languages and encodings
+
+
+def _result_texts(tmp_path: Path, tiny_model_dir: Path, image: Path, report_args: list[str], capsys) -> list[str]:
+    code, stdout, stderr = _run(["segment", str(image), *report_args, "--output", str(tmp_path / "out.seg.nrrd"),
+                                 "--model", str(tiny_model_dir), "--progress", "json"], capsys)
+    assert code == 0, stderr
+    return [finding["text"] for finding in json.loads(stdout.splitlines()[-1])["findings"]]
+
+
+def test_a_report_without_latin_letters_is_refused_as_not_english_not_as_empty(tmp_path, tiny_model_dir, capsys):
+    image = _volume(tmp_path, np.random.default_rng(0).random((4, 16, 16), dtype=np.float32))
+    code, _, stderr = _run(["segment", str(image), "--report", "左额叶肿块。", "--output", str(tmp_path / "out.seg.nrrd"),
+                            "--model", str(tiny_model_dir)], capsys)
+    assert code == 2 and "empty" not in stderr and "the model understands English reports" in stderr.splitlines()[-1]
+    assert "左额叶肿块。" in stderr
+
+
+def test_accents_and_other_scripts_reach_the_model_unchanged(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from tmca.networks.tmca_net import TMCANet
+
+    seen = []
+    encode = TMCANet.encode_text
+    monkeypatch.setattr(TMCANet, "encode_text", lambda self, reports: (seen.extend(reports), encode(self, reports))[1])
+    image = _volume(tmp_path, np.random.default_rng(0).random((4, 16, 16), dtype=np.float32))
+    report = "Lésion hypoéchogène du lobe gauche (左额叶肿块)."
+    assert _result_texts(tmp_path, tiny_model_dir, image, ["--report", report], capsys) == [report]
+    assert seen == [report]
+
+
+@pytest.mark.parametrize("encoding, bom", [("latin-1", b""), ("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"), ("utf-8", b"\xef\xbb\xbf")])
+def test_report_files_in_latin_1_and_utf_16_with_bom_are_read(tmp_path, tiny_model_dir, capsys, encoding, bom):
+    image = _volume(tmp_path, np.random.default_rng(0).random((4, 16, 16), dtype=np.float32))
+    report = "Lésion hépatique à droite."
+    path = tmp_path / "report.txt"
+    path.write_bytes(bom + report.encode(encoding))
+    assert _result_texts(tmp_path, tiny_model_dir, image, ["--report-file", str(path)], capsys) == [report]
+
+
+def test_a_binary_report_file_is_refused(tmp_path, tiny_model_dir, capsys):
+    image = _volume(tmp_path, np.random.default_rng(0).random((4, 16, 16), dtype=np.float32))
+    path = tmp_path / "report.txt"
+    path.write_bytes(b"\x00\x01\x02PK\x03\x04")
+    _expect_error(["segment", str(image), "--report-file", str(path), "--output", str(tmp_path / "out.seg.nrrd"),
+                   "--model", str(tiny_model_dir)], capsys, "not a text file", tmp_path)

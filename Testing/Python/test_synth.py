@@ -82,7 +82,7 @@ def _lesion_position_ok(case, lesion, lesion_mask, dims):
     words = lesion.location.split()
     column = lesion.centre[-1]
     right_half = column >= case.image.shape[-1] // 2
-    if case.modality == "us":
+    if case.modality == "US":
         return right_half if "right" in words else not right_half if "left" in words else lesion_mask.any()
     side_ok = right_half if "left" in words else not right_half
     organ = {"lung": Tissue.LUNG, "lobe": Tissue.BRAIN}.get(words[-1])

@@ -115,3 +115,16 @@ def test_torchrun_two_cpu_processes(dataset, config_file, tmp_path):
     verify_checkpoint(run / "last")
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert len(rows) == 1  # written once, by rank 0
+    summary = json.loads((run / "summary.json").read_text())
+    told = [line for line in result.stdout.splitlines() if line.startswith("best validation Dice")]
+    assert told == [f"best validation Dice {summary['best_val_dice']:.4f} after 1 epochs (epochs); model: {run / 'best'}"]
+
+
+def test_a_3d_model_config_is_refused_before_training(dataset, tmp_path, capsys):
+    import yaml
+
+    config = tmp_path / "volume.yaml"
+    config.write_text(yaml.safe_dump({"model": {**TINY_MODEL, "spatial_dims": 3, "image_size": 32}}))
+    assert _train(dataset, config, tmp_path / "run") == 2
+    assert "tmca trains 2D models only" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

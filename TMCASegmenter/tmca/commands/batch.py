@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tmca.devices import DEVICE_CHOICES
+from tmca.commands.arguments import add_device, add_progress
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -13,7 +13,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "batch",
         help="segment every image and DICOM series of a study folder",
         description=(
-            "Segment every NIfTI, NRRD and MHA image and every DICOM series under STUDY_DIR with its report "
+            "Segment every NIfTI, NRRD/NHDR and MHA/MHD image and every DICOM series under STUDY_DIR with its report "
             "(from --reports, else a <case>.txt sidecar). Writes OUT_DIR/<case>.seg.nrrd and summary.csv/.json "
             "(updated after every case). A rerun skips cases whose outputs are up to date. "
             "Exit status: 0 when no case failed, 1 when some did, 2 for bad arguments, 130 when interrupted."
@@ -23,19 +23,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--output", "-o", required=True, type=Path, metavar="OUT_DIR", help="output folder (created if missing)")
     parser.add_argument("--reports", type=Path, metavar="CSV", help="CSV with columns case,report (other columns are kept in the summary)")
     parser.add_argument("--model", help="checkpoint folder (default: the bundled demo model)")
-    parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto)")
+    add_device(parser)
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     parser.add_argument("--batch-size", type=int, help="slices per forward pass (default 16 on CPU, 64 on GPU)")
     parser.add_argument("--probability", action="store_true", help="also write OUT_DIR/<case>.probability.nrrd")
     parser.add_argument("--shard", metavar="I/N", help="I/N: run only shard I of N (1 <= I <= N); merge the shards with tmca batch-merge")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose outputs are up to date")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing case")
-    parser.add_argument("--progress", choices=("json", "bar"), default="bar", help="json: one JSON object per line on stdout")
+    add_progress(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from tmca.batch import Shard, run_batch
+    from tmca.batch import Shard, report_outcome, run_batch
     from tmca.interrupts import cancel_on_signals
     from tmca.progress import make_progress
 
@@ -67,21 +67,3 @@ def _with_case_lines(progress):
 
     return report
 
-
-def report_outcome(rows: list[dict], summary: Path, json_progress=None) -> None:
-    """The final ``result`` event (JSON progress), or the counts, skips and failures for people."""
-    from tmca.batch import count_statuses
-
-    counts = count_statuses(rows)
-    if json_progress is not None:
-        from tmca.protocol import result_event
-
-        json_progress.emit(result_event(f"{summary}.json", [], csv=f"{summary}.csv", counts=counts))
-        return
-    print(f"{len(rows)} case(s): " + ", ".join(f"{count} {status}" for status, count in counts.items()))
-    if counts["skipped"]:
-        print(f"skipped {counts['skipped']} case(s) whose outputs are up to date (same input, report, model and threshold); --overwrite redoes them")
-    for row in rows:
-        if row["status"] == "failed":
-            print(f"  failed {row['case']}: {row['error']}")
-    print(f"summary: {summary}.csv, {summary}.json")

@@ -24,8 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tmca.batch import merge_summaries
-    from tmca.commands.batch import report_outcome
+    from tmca.batch import merge_summaries, report_outcome
 
     if args.output is None and len(args.folders) > 1:
         raise TMCAError("several OUT_DIRs given: choose where the merged summary goes with --output MERGED")

@@ -6,24 +6,27 @@ import argparse
 import json
 from pathlib import Path
 
+from tmca.commands.arguments import add_device, add_progress
+from tmca.formats import DATASET_FORMATS
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("evaluate", help="score a model on a dataset split")
     parser.add_argument("--model", required=True, help="checkpoint folder or training run folder")
     parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--format", required=True, choices=("lvit", "qata", "csv"))
+    parser.add_argument("--format", required=True, choices=DATASET_FORMATS, help="dataset layout")
     parser.add_argument("--split", default="Test")
     parser.add_argument("--shuffle-text", action="store_true", help="give each image another case's report")
     parser.add_argument("--eval-size", type=int, help="resize image and mask to SxS first (as LViT/GuideDecoder report)")
     parser.add_argument("--json", type=Path, help="write the scores (per case and means) to this file")
-    parser.add_argument("--device", default="auto")
+    add_device(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the report shuffle")
-    parser.add_argument("--progress", choices=("json", "bar"), default="bar")
+    add_progress(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from tmca.commands.train import load_split
+    from tmca.data import load_split
     from tmca.errors import TMCAError
     from tmca.evaluation import evaluate, write_json
     from tmca.inference import Segmenter

@@ -5,57 +5,55 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tmca.atomic import check_writable
-from tmca.devices import DEVICE_CHOICES
+from tmca.commands.arguments import add_device, add_modality, add_plane, add_progress
 from tmca.errors import TMCAError
+from tmca.formats import READABLE_TEXT, SEGMENTATION_SUFFIXES, WRITABLE_VOLUME_SUFFIXES
+from tmca.outputs import check_output_name, check_outputs_apart
+from tmca.textio import read_text_file
+
+_VOLUMES = "/".join(WRITABLE_VOLUME_SUFFIXES)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "segment",
         help="segment the findings of a report in a scan",
-        description="Segment the targets a report describes. INPUT: NIfTI, NRRD/NHDR, MHA/MHD, a DICOM file or series folder, PNG/JPEG.",
+        description=f"Segment the targets a report describes. INPUT: {READABLE_TEXT} file, or a DICOM series folder.",
     )
     parser.add_argument("input", help="image file or DICOM folder")
     report = parser.add_mutually_exclusive_group(required=True)
     report.add_argument("--report", help="the report text")
-    report.add_argument("--report-file", type=Path, help="a UTF-8 text file holding the report")
+    report.add_argument("--report-file", type=Path, help="a text file holding the report (UTF-8, UTF-16 with BOM, or Latin-1)")
     parser.add_argument("--output", "-o", required=True, type=Path, help="output segmentation (.seg.nrrd)")
-    parser.add_argument("--probability", type=Path, help="also write the probability map (.nrrd/.nii.gz/.mha)")
-    parser.add_argument("--relevance", type=Path, help="also write the language relevance map")
+    parser.add_argument("--probability", type=Path, help=f"also write the probability map ({_VOLUMES})")
+    parser.add_argument("--relevance", type=Path, help=f"also write the language relevance map ({_VOLUMES})")
     parser.add_argument("--model", help="checkpoint folder (default: the bundled demo model)")
-    parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto)")
+    add_device(parser)
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     parser.add_argument("--batch-size", type=int, help="slices per forward pass (default 16 on CPU, 64 on GPU)")
-    parser.add_argument("--plane", choices=("axial", "coronal", "sagittal"), help="slicing plane for 2D models (default: the plane the model was trained on)")
+    add_plane(parser, "slicing plane for 2D models (default: the plane the model was trained on)")
     parser.add_argument("--series", help="DICOM SeriesInstanceUID to use when a folder holds several series")
-    parser.add_argument("--modality", choices=("CT", "MR", "US", "XR", "OT"), type=str.upper, help="override the modality")
+    add_modality(parser, "override the image's modality")
     parser.add_argument("--no-split-findings", dest="split_findings", action="store_false", help="one segment for the whole report")
-    parser.add_argument("--progress", choices=("json", "bar"), default="bar", help="json: one JSON object per line on stdout")
+    add_progress(parser)
     return parser
 
 
 def read_report(args: argparse.Namespace) -> str:
     if args.report is not None:
         return args.report
-    try:
-        return args.report_file.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise TMCAError(f"report file not found: {args.report_file}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TMCAError(f"cannot read report file {args.report_file}: {error}; save it as UTF-8 text") from None
+    return read_text_file(args.report_file, "report file")
 
 
-def check_output(path: Path | None, suffixes: tuple[str, ...], what: str) -> None:
-    """Fail before any work when an output has the wrong kind of name or cannot be written."""
-    if path is None:
-        return
-    if not str(path).lower().endswith(suffixes):
-        raise TMCAError(f"{what} {path} must end with {' or '.join(suffixes)}")
-    check_writable(path)
-
-
-VOLUME_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".nhdr")
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, outputs with a wrong name, unwritable, or overwriting the input or each other."""
+    check_output_name(args.output, SEGMENTATION_SUFFIXES, "output")
+    check_output_name(args.probability, WRITABLE_VOLUME_SUFFIXES, "probability map")
+    check_output_name(args.relevance, WRITABLE_VOLUME_SUFFIXES, "relevance map")
+    if not Path(args.input).exists():
+        raise TMCAError(f"input not found: {args.input}")
+    outputs = {"output": args.output, "probability map": args.probability, "relevance map": args.relevance}
+    check_outputs_apart(Path(args.input), outputs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,11 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from tmca.progress import make_progress
 
     report = read_report(args)
-    check_output(args.output, (".seg.nrrd", ".nrrd"), "output")
-    check_output(args.probability, VOLUME_SUFFIXES, "probability map")
-    check_output(args.relevance, VOLUME_SUFFIXES, "relevance map")
-    if not Path(args.input).exists():
-        raise TMCAError(f"input not found: {args.input}")
+    check_outputs(args)
     progress = make_progress(args.progress)
     try:
         with cancel_on_signals():
@@ -88,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 def segment_to_files(args: argparse.Namespace, report: str, progress):
     from tmca.inference import Segmenter
+
     progress(0, 1, "loading model")
     segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch_size)
     result = segmenter.segment(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 
+from tmca.choices import SYNTH_MODALITIES
+from tmca.commands.arguments import add_modality
 from tmca.errors import TMCAError
-from tmca.synth import DEFAULT_DEPTH, DEFAULT_SIZE_2D, DEFAULT_SIZE_3D, MODALITIES, NO_FINDING_PROBABILITY, SUBSET_PROBABILITY
+from tmca.synth import DEFAULT_DEPTH, DEFAULT_SIZE_2D, DEFAULT_SIZE_3D, NO_FINDING_PROBABILITY, SUBSET_PROBABILITY
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -21,7 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", required=True, help="folder to write into (created if missing)")
     parser.add_argument("--cases", type=int, default=20, help="number of cases (default 20)")
-    parser.add_argument("--modality", choices=MODALITIES, default="ct", help="ct, mr, us or xr (2D only); default ct")
+    add_modality(parser, "what to generate (XR is 2D only; default CT)", allowed=SYNTH_MODALITIES, default="CT")
     parser.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2 (PNG slices) or 3 (NIfTI volumes); default 2")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files (default 0)")
     parser.add_argument("--size", type=int, default=None,

@@ -8,7 +8,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from tmca.commands.arguments import add_device, add_modality, add_plane, add_progress
+from tmca.config import ENCODERS
 from tmca.errors import TMCAError
+from tmca.formats import DATASET_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -24,25 +27,25 @@ ABLATIONS = {
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("train", help="train a model on your data", description="Train TMCA. Works under torchrun.")
     parser.add_argument("--data", required=True, type=Path, help="dataset folder")
-    parser.add_argument("--format", required=True, choices=("lvit", "qata", "csv"), help="dataset layout")
+    parser.add_argument("--format", required=True, choices=DATASET_FORMATS, help="dataset layout")
     parser.add_argument("--output", required=True, type=Path, help="run folder (best/, last/, metrics.csv)")
     parser.add_argument("--config", type=Path, help="YAML with 'model:' (architecture) and 'train:' (options) sections")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--device", help="auto, cpu, cuda, mps")
+    add_device(parser, default=None)
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--encoder", choices=("efficientnet_lite0", "convnext_tiny", "small"))
-    parser.add_argument("--modality", choices=("CT", "MR", "US", "XR", "OT"), type=str.upper, help="modality of the images")
-    parser.add_argument("--plane", choices=("axial", "coronal", "sagittal"), help="slicing plane for 3D volumes")
+    parser.add_argument("--encoder", choices=ENCODERS)
+    add_modality(parser, "modality of the images without a DICOM modality of their own")
+    add_plane(parser, "slicing plane for 3D volumes")
     parser.add_argument("--ablation", choices=tuple(ABLATIONS), default="none", help="switch off one TMCA component")
     parser.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch (default: one pass over the data)")
     parser.add_argument("--time-limit", type=float, help="stop after this many minutes (checkpoints kept)")
     parser.add_argument("--patience", type=int, help="early stopping: epochs without a better validation Dice")
     parser.add_argument("--workers", type=int, help="data loader processes")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
-    parser.add_argument("--progress", choices=("json", "bar"), default="bar")
+    add_progress(parser)
     return parser
 
 
@@ -73,7 +76,9 @@ def build_options(args: argparse.Namespace):
         if arg is not None:
             model[key] = arg
     model.update(ABLATIONS[args.ablation])
-    TMCAConfig.from_dict(model)  # fail early on a bad architecture
+    config = TMCAConfig.from_dict(model)  # fail early on a bad architecture
+    if config.spatial_dims != 2:
+        raise TMCAError(f"spatial_dims {config.spatial_dims} in {args.config}: tmca trains 2D models only (3D volumes are trained slice by slice)")
     train = dict(values.get("train") or {})
     known = {f.name for f in dataclasses.fields(TrainOptions)}
     if set(train) - known:
@@ -85,18 +90,9 @@ def build_options(args: argparse.Namespace):
     return TrainOptions(data=str(args.data), format=args.format, output=str(args.output), resume=args.resume, model=model, **train)
 
 
-def load_split(data: Path, fmt: str, split: str) -> list:
-    from tmca.data import load_samples
-
-    result = load_samples(data, fmt, split)
-    for skipped in result.skipped:
-        log.warning("skipped %s", skipped)
-    return result.samples
-
-
 def run(args: argparse.Namespace) -> int:
     from tmca.config import TMCAConfig
-    from tmca.data import SliceDataset
+    from tmca.data import SliceDataset, load_split
     from tmca.progress import make_progress
     from tmca.training import Trainer
 
@@ -116,9 +112,12 @@ def run(args: argparse.Namespace) -> int:
     val_set = SliceDataset(val_samples, augment=False, seed=options.seed + 1, **common)
     progress = make_progress(args.progress)
     try:
-        summary = Trainer(options, train_set, val_set, progress).fit()
+        trainer = Trainer(options, train_set, val_set, progress)
+        summary = trainer.fit()
     finally:
         progress.close()
+    if trainer.rank != 0:  # under torchrun the summary is rank 0's to tell
+        return 0
     print(f"best validation Dice {summary['best_val_dice']:.4f} after {summary['epochs_run']} epochs ({summary['stopped_by']}); "
           f"model: {args.output / 'best'}")
     return 0

@@ -1,5 +1,5 @@
 """Datasets: sample tables in the ``lvit``, ``qata`` and ``csv`` formats, and 2D training slices."""
 
-from tmca.data.datasets import FORMATS, LoadResult, Sample, SkippedRow, SliceDataset, load_samples
+from tmca.data.datasets import LoadResult, Sample, SkippedRow, SliceDataset, load_samples, load_split
 
-__all__ = ["FORMATS", "LoadResult", "Sample", "SkippedRow", "SliceDataset", "load_samples"]
+__all__ = ["LoadResult", "Sample", "SkippedRow", "SliceDataset", "load_samples", "load_split"]

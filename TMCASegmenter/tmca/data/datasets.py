@@ -2,10 +2,11 @@
 
 Formats understood by :func:`load_samples`:
 
-- ``lvit`` (LViT): ``ROOT/{Train,Val,Test}_Folder/{img,labelcol}/`` and ``ROOT/{Split}_text.xlsx``
-  (or ``.csv``) with columns ``Image`` and ``Description``. Files are matched by stem, ignoring
-  the extension and a ``mask_`` prefix (real releases name a ``.tif`` image ``.png`` in the sheet,
-  and some masks ``mask_<stem>``).
+- ``lvit`` (LViT): ``ROOT/{Train,Val,Test}_Folder/{img,labelcol}/`` and the table
+  ``{Split}_text.xlsx`` (or ``.csv``) with columns ``Image`` and ``Description``, inside the split
+  folder as LViT releases it (``ROOT/Train_Folder/Train_text.xlsx``), else in ``ROOT``. Files are
+  matched by stem, ignoring the extension and a ``mask_`` prefix (real releases keep ``img/X.tif``
+  beside ``labelcol/X.png`` and name it ``X.png`` in the sheet, and some masks ``mask_<stem>``).
 - ``qata`` (GuideDecoder's QaTa-COV19): ``ROOT/{Train,Test}/{Images,GTs}/`` and a CSV
   (``ROOT/{Split}_text.csv``, else a CSV in ROOT or one folder below whose name contains the split)
   with ``Image`` = the mask's file name (the image is that name without ``mask_``) and
@@ -37,29 +38,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from tmca.config import PLANE_AXIS
-from tmca.errors import TMCAError
+from tmca.choices import PLANE_AXIS, check_plane
+from tmca.errors import TMCAError, reason
+from tmca.formats import DATASET_FORMATS, is_raster, strip_suffix
 from tmca.imageio import load_image
-from tmca.preprocess import normalize_intensity
+from tmca.preprocess import model_input, preprocess
+from tmca.textio import read_text_file
 
 if TYPE_CHECKING:
     from monai.transforms import Compose
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("lvit", "qata", "csv")
 SPLITS = ("Train", "Val", "Test")
 QATA_VAL_FRACTION = 0.2
 HASH_SPLIT_FRACTIONS = (0.7, 0.1)  # Train, Val; Test takes the rest (csv without a split column)
 TARGET_SLICE_PROBABILITY = 0.8
 HARD_NEGATIVE_PROBABILITY = 0.5  # of target-free picks, when another report of the scan has a target there
 VOLUME_CACHE_BYTES = 2 * 1024**3  # per process (each DataLoader worker has its own cache)
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 MASK_PREFIX = "mask_"
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 _SPLIT_ALIASES = {
     "train": "Train",
     "training": "Train",
@@ -123,14 +122,19 @@ def load_samples(root: str | Path, fmt: str, split: str) -> LoadResult:
     bad rows are skipped and reported instead.
     """
     root = Path(root)
-    if fmt not in FORMATS:
-        raise TMCAError(f"unknown dataset format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt not in DATASET_FORMATS:
+        raise TMCAError(f"unknown dataset format {fmt!r}; use one of {', '.join(DATASET_FORMATS)}")
     if not root.exists():
         raise TMCAError(f"dataset not found: {root}; check the path")
     split_name = _split_name(split, allow_all=fmt == "csv")
     readers = {"lvit": _lvit_rows, "qata": _qata_rows, "csv": _csv_rows}
     source, rows = readers[fmt](root, split_name)
     return _validated(source, rows)
+
+
+def load_split(root: str | Path, fmt: str, split: str) -> list[Sample]:
+    """The usable samples of one split (:func:`load_samples`; skipped rows are logged there)."""
+    return load_samples(root, fmt, split).samples
 
 
 def _split_name(split: str, allow_all: bool) -> str:
@@ -204,11 +208,7 @@ def _need_child(folder: Path, *names: str) -> Path:
 
 def file_key(name: str) -> str:
     """Matching key of a file name: the stem (``.nii.gz`` aware), lower-case, without ``mask_``."""
-    stem = Path(name).name.lower()
-    for suffix in (*_VOLUME_SUFFIXES, *RASTER_SUFFIXES):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
+    stem = strip_suffix(Path(name).name).lower()
     return stem[len(MASK_PREFIX) :] if stem.startswith(MASK_PREFIX) else stem
 
 
@@ -243,9 +243,13 @@ def _matched_row(
 def _lvit_rows(root: Path, split: str) -> tuple[Path, list[_Row]]:
     folder = _need_child(root, f"{split}_Folder")
     image_dir, mask_dir = _need_child(folder, "img"), _need_child(folder, "labelcol")
-    table = _child(root, f"{split}_text.xlsx", f"{split}_text.csv")
+    names = (f"{split}_text.xlsx", f"{split}_text.csv")
+    table = _child(folder, *names) or _child(root, *names)
     if table is None:
-        raise TMCAError(f"{root} has no {split}_text.xlsx or {split}_text.csv (columns Image, Description)")
+        raise TMCAError(
+            f"no {split}_text.xlsx or {split}_text.csv (columns Image, Description) in {folder} or {root}; "
+            "put the split's table inside its folder, as LViT releases it"
+        )
     rows = _read_table(table)
     _require_columns(table, rows, ("image", "description"))
     images, masks = _index_folder(image_dir), _index_folder(mask_dir)
@@ -311,9 +315,10 @@ def _report_text(folder: Path, value: str) -> tuple[str, str | None]:
     if not value.lower().endswith(".txt"):
         return value, None
     path = folder / value
-    if not path.is_file():
-        return "", f"report file not found: {path}"
-    return path.read_text(encoding="utf-8", errors="replace").strip(), None
+    try:
+        return read_text_file(path, "report file").strip(), None
+    except TMCAError as error:
+        return "", str(error)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,11 +349,11 @@ def _file_problem(row: _Row) -> str | None:
     try:
         image_size = image_shape(row.image)
     except (OSError, RuntimeError, ValueError) as exc:
-        return f"unreadable image {row.image}: {_first_line(exc)}"
+        return f"unreadable image {row.image}: {reason(exc)}"
     try:
         mask_size = image_shape(row.mask)
     except (OSError, RuntimeError, ValueError) as exc:
-        return f"unreadable mask {row.mask}: {_first_line(exc)}"
+        return f"unreadable mask {row.mask}: {reason(exc)}"
     if image_size != mask_size:
         return f"mask size {_size_text(mask_size)} differs from image size {_size_text(image_size)}"
     return None
@@ -356,7 +361,7 @@ def _file_problem(row: _Row) -> str | None:
 
 def image_shape(path: Path) -> tuple[int, ...]:
     """Array shape (z, y, x) or (y, x) of an image file from its header, size-1 axes dropped."""
-    if _is_raster(path):
+    if is_raster(path):
         with Image.open(path) as picture:
             width, height = picture.size
         return (height, width)
@@ -370,18 +375,13 @@ def _size_text(shape: tuple[int, ...]) -> str:
     return "x".join(str(n) for n in reversed(shape))
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading pixels
 
 
 def read_mask(path: Path) -> np.ndarray:
     """Bool (D, H, W) mask (D == 1 for a 2D file): any non-zero value (0/1, 0/255, colour, palette index) is inside."""
-    if _is_raster(path):
+    if is_raster(path):
         with Image.open(path) as picture:
             pixels = np.asarray(picture)
         if pixels.ndim == 3:  # colour or grey+alpha: any colour channel, never the alpha channel
@@ -395,10 +395,10 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def read_image(path: Path, modality: str | None, policy: Mapping[str, Mapping[str, Any]] | None) -> np.ndarray:
-    """Float32 (D, H, W) in [0, 1]: read as inference reads it (:func:`tmca.imageio.load_image`),
-    normalised with :func:`tmca.preprocess.normalize_intensity` for ``modality`` ("OT" if None)."""
-    loaded = load_image(path, modality=modality)
-    return normalize_intensity(sitk.GetArrayFromImage(loaded.image), modality or loaded.modality, policy)
+    """Float32 (D, H, W) in [0, 1], prepared as inference prepares it: read by
+    :func:`tmca.imageio.load_image`, scaled by :func:`tmca.preprocess.preprocess` (an image without
+    a modality of its own is taken as ``modality``, "OT" if None)."""
+    return preprocess(load_image(path), modality or "OT", policy)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,9 +419,9 @@ class SliceDataset(torch.utils.data.Dataset):
     once per file, masks per sample, up to ``VOLUME_CACHE_BYTES`` per process, least recently used
     out).
 
-    Images are normalised like inference does (``modality``, ``intensity_policy``) and resized
-    to S x S with antialiased bilinear interpolation; masks with the same interpolation then
-    thresholded at 0.5. ``augment`` adds a small random affine (rotation within +-10 degrees,
+    Images are prepared as inference prepares them (:func:`tmca.preprocess.preprocess` with
+    ``modality``, ``intensity_policy``; :func:`tmca.preprocess.model_input` to S x S); masks go through
+    the same resize, then are thresholded at 0.5. ``augment`` adds a small random affine (rotation within +-10 degrees,
     scale 0.9-1.1), intensity scale/shift and Gaussian noise. There is never a flip: the report's
     left/right and upper/lower must stay true. Randomness is seeded by ``seed`` and
     ``torch.initial_seed()`` (so DataLoader workers differ and seeded runs repeat).
@@ -442,9 +442,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.samples = list(samples)
         self.image_size = image_size
         self.modality = modality
-        if plane not in PLANE_AXIS:
-            raise TMCAError(f"plane must be one of {', '.join(PLANE_AXIS)}, not {plane!r}")
-        self.slice_axis = PLANE_AXIS[plane]
+        self.slice_axis = PLANE_AXIS[check_plane(plane)]
         self.intensity_policy = intensity_policy
         self.seed = seed
         self._item_sample = np.repeat(np.arange(len(self.samples)), [_slice_count(s.image, self.slice_axis) for s in self.samples])
@@ -465,8 +463,8 @@ class SliceDataset(torch.utils.data.Dataset):
         rng = self._random()
         sample_index = int(self._item_sample[index])
         image, mask = self._slice(sample_index, rng)
-        image_t = _resize(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), self.image_size)
-        mask_t = (_resize(torch.from_numpy(mask.astype(np.float32)), self.image_size) >= 0.5).float()
+        image_t = model_input(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], self.image_size)[0]
+        mask_t = (model_input(torch.from_numpy(mask.astype(np.float32))[None], self.image_size)[0] >= 0.5).float()
         if self._transforms is not None:
             out = self._transforms({"image": image_t, "mask": mask_t})
             image_t = out["image"].as_subclass(torch.Tensor).float().clamp(0.0, 1.0)
@@ -486,7 +484,7 @@ class SliceDataset(torch.utils.data.Dataset):
     def _slice(self, sample_index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(image (H, W) float32 in [0, 1], mask (H, W) bool) of one sample, a random slice of a volume."""
         sample = self.samples[sample_index]
-        if _is_raster(sample.image):
+        if is_raster(sample.image):
             image = self._read_image(sample)
             return image[0], self._read_mask(sample, image.shape)[0]
         image = self._volume_image(sample)
@@ -559,13 +557,9 @@ class _LRUCache:
         self._bytes += value.nbytes
 
 
-def _is_raster(path: Path) -> bool:
-    return path.suffix.lower() in RASTER_SUFFIXES
-
-
 def _slice_count(path: Path, axis: int = 0) -> int:
     """Items a sample contributes: 1 for a 2D image, the number of slices along ``axis`` for a volume."""
-    if _is_raster(path):
+    if is_raster(path):
         return 1
     shape = image_shape(path)
     return shape[axis] if len(shape) == 3 else 1
@@ -583,14 +577,6 @@ def _pick_slice(rng: np.random.Generator, target: np.ndarray, others: np.ndarray
         hard = np.flatnonzero(others & ~target) if others is not None else without[:0]
         pool = hard if len(hard) and rng.random() < HARD_NEGATIVE_PROBABILITY else without
     return int(pool[rng.integers(len(pool))])
-
-
-def _resize(plane: torch.Tensor, size: int) -> torch.Tensor:
-    """(H, W) -> (1, size, size), antialiased bilinear as at inference."""
-    x = plane[None, None]
-    if tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x[0]
 
 
 def _augmentation() -> Compose:

@@ -44,6 +44,7 @@ LIST_COLUMNS = ("findings", "volume_ml", "components")
 """Columns holding one value per finding: lists in summary.json, ``"; "``-joined in summary.csv."""
 SUMMARY_FORMAT = "tmca-batch-summary-1"
 STATE_FOLDER = ".tmca-batch"
+PROBABILITY_SUFFIX = ".probability.nrrd"
 
 ProgressCallback = Callable[..., None]
 """``progress(done, total, stage, **extra)``, as :mod:`tmca.progress` objects take it."""
@@ -388,8 +389,8 @@ def run_batch(
     threshold = check_threshold(threshold)
     listed = _reports_argument(reports)
     output = Path(output_dir).expanduser().resolve()
+    _check_output_folder(study, output)
     cases = _cases_of_study(study, output, listed)
-    _check_output_folder(study, output, cases)
     resolve_device(device)
     model_path = resolve_model(model)
     run = _BatchRun(
@@ -409,16 +410,18 @@ def _cases_of_study(study: Path, output: Path, reports: Mapping[str, Report]) ->
     return sorted(cases + _unmatched_report_cases(reports, cases, study), key=lambda case: (case.id, case.input))
 
 
-def _check_output_folder(study: Path, output: Path, cases: list[Case]) -> None:
-    """Refuse an output folder that is the study folder or holds a case's input files: outputs
-    would lie among the inputs (a rerun would take the probability maps for cases, and a case's
-    output could overwrite another case's input). A new subfolder of the study is fine."""
+def _check_output_folder(study: Path, output: Path) -> None:
+    """Refuse an output folder that is the study folder, or a folder of the study that holds images
+    (the search skips the output folder, so they would be left out, and outputs would lie among
+    inputs). A new subfolder of the study, or one holding only earlier outputs, is fine."""
     if output == study:
         raise TMCAError(f"output folder {output} is the study folder; write the outputs to another folder (a new subfolder of the study is fine)")
-    holding = next((case for case in cases for path in case.inputs if path.parent == output), None)
-    if holding is not None:
+    if not (output.is_dir() and output.is_relative_to(study)):
+        return
+    inputs = next((case for case in find_cases(output) if not case.input.endswith(PROBABILITY_SUFFIX)), None)
+    if inputs is not None:
         raise TMCAError(
-            f"output folder {output} holds input images of the study (case {holding.id!r}); "
+            f"output folder {output} holds input images of the study ({inputs.input}); "
             "write the outputs to a folder without images (a new subfolder of the study is fine)"
         )
 
@@ -561,7 +564,7 @@ class _BatchRun:
         """Summary column -> output file of ``case``."""
         outputs = {"output": self.output / f"{case.id}.seg.nrrd"}
         if self.probability:
-            outputs["probability"] = self.output / f"{case.id}.probability.nrrd"
+            outputs["probability"] = self.output / f"{case.id}{PROBABILITY_SUFFIX}"
         return outputs
 
     def _model(self, progress: ProgressCallback, done: int):

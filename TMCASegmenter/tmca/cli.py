@@ -21,12 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tmca {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"tmca.commands.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"tmca.commands.{name}":
-                continue  # command not built yet
-            raise
+        module = importlib.import_module(f"tmca.commands.{name}")
         sub = module.add_parser(subparsers)
         sub.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
         sub.set_defaults(run=module.run)

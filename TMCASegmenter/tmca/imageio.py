@@ -135,12 +135,16 @@ def _read_image_file(path: Path) -> _RawImage:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         if not raster:
-            raise TMCAError(
-                f"cannot read {path}: not a readable {READABLE_TEXT} image ({reason(exc)}); "
-                "check that the file is complete and in a supported format"
-            ) from exc
+            raise _unreadable(path, exc) from exc
         return _read_with_pillow(path)
     return _RawImage(image, colour=raster or _looks_like_colour(image))
+
+
+def _unreadable(path: Path, exc: BaseException) -> TMCAError:
+    return TMCAError(
+        f"cannot read {path}: not a readable {READABLE_TEXT} image ({reason(exc)}); "
+        "check that the file is complete and in a supported format"
+    )
 
 
 def _looks_like_colour(image: sitk.Image) -> bool:
@@ -158,10 +162,7 @@ def _read_with_pillow(path: Path) -> _RawImage:
             converted = picture.convert("F") if picture.mode in grey_modes else picture.convert("RGB")
             pixels = np.asarray(converted)
     except (OSError, ValueError) as exc:
-        raise TMCAError(
-            f"cannot read {path}: not a readable {READABLE_TEXT} image ({reason(exc)}); "
-            "check that the file is complete and in a supported format"
-        ) from exc
+        raise _unreadable(path, exc) from exc
     colour = pixels.ndim == 3
     return _RawImage(sitk.GetImageFromArray(pixels, isVector=colour), colour=colour)
 

@@ -2,14 +2,16 @@
 
 UTF-8 (with or without a byte-order mark) and UTF-16/UTF-32 with a byte-order mark are read as
 such; other bytes are Windows-1252, else Latin-1 (every byte is a Latin-1 character), which is what
-Western European editors save when they do not save UTF-8. A file with NUL bytes and no UTF-16 or
-UTF-32 byte-order mark is not text and is refused.
+Western European editors save when they do not save UTF-8. Text with control characters other than
+tabs, line and page breaks (NUL bytes of a binary file, UTF-16 without a byte-order mark) is not
+text and is refused.
 """
 
 from __future__ import annotations
 
 import codecs
 import os
+import re
 from pathlib import Path
 
 from tmca.errors import TMCAError
@@ -21,24 +23,28 @@ _BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )  # UTF-32 LE starts with the UTF-16 LE mark: test it first
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 
 
 def decode_text(data: bytes) -> str | None:
     """The text of ``data`` (see the module docstring), or None when it is not text."""
+    text = _decoded(data)
+    return text if text is not None and not _CONTROL.search(text) else None
+
+
+def _decoded(data: bytes) -> str | None:
     for bom, encoding in _BOMS:
         if data.startswith(bom):
             try:
                 return data.decode(encoding)
             except UnicodeDecodeError:
                 return None
-    if b"\0" in data:
-        return None
-    for encoding in ("utf-8", "cp1252", "latin-1"):
+    for encoding in ("utf-8", "cp1252"):
         try:
             return data.decode(encoding)
         except UnicodeDecodeError:
             continue
-    return None  # not reached: Latin-1 decodes every byte
+    return data.decode("latin-1")  # every byte is a Latin-1 character
 
 
 def read_text_file(path: str | os.PathLike, what: str = "text file") -> str:

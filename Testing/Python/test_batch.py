@@ -336,6 +336,17 @@ def test_output_folder_inside_the_study_is_not_searched(tmp_path):
     assert [case.id for case in find_cases(tmp_path, exclude=tmp_path / "out")] == ["scan"]
 
 
+def test_detached_headers_are_cases_and_their_data_files_are_their_inputs(tmp_path):
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((3, 8, 8)).astype(np.float32))
+    sitk.WriteImage(image, str(tmp_path / "a.nhdr"), useCompression=True)  # a.nhdr + a.raw.gz
+    sitk.WriteImage(image, str(tmp_path / "b.mhd"))  # b.mhd + b.raw
+    sitk.WriteImage(image, str(tmp_path / "c.mha"))
+    cases = {case.id: case for case in find_cases(tmp_path)}
+    assert sorted(cases) == ["a", "b", "c"]
+    assert [path.name for path in cases["a"].inputs] == ["a.nhdr", "a.raw.gz"]
+    assert [path.name for path in cases["b"].inputs] == ["b.mhd", "b.raw"]
+
+
 def test_conflicting_reports_for_one_case_are_flagged():
     reports = index_reports([("../a", "Mass.", "line 2", {}), ("a.nii.gz", "Nodule.", "line 3", {}), ("b", "Cyst.", "line 4", {})])
     assert "line 2 and line 3" in reports["a"].problem and reports["b"].problem is None
@@ -356,7 +367,7 @@ def test_bad_input_gives_one_error_line(tmp_path, tiny_model_dir, problem):
     if problem == "csv without columns":
         _write_csv(reports, [["id", "text"], ["brain", REPORT]])
     elif problem == "binary csv":
-        reports.write_bytes(b"\xff\xfe\x00\x81garbage\x00" * 10)
+        reports.write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00garbage\x81\xff" * 10)  # a zip file (no UTF-16/32 byte-order mark)
     args = {
         "missing study": [tmp_path / "nope"],
         "empty study": [],
@@ -373,3 +384,32 @@ def test_bad_input_gives_one_error_line(tmp_path, tiny_model_dir, problem):
                 "csv without columns": "columns case and report", "binary csv": "UTF-8", "bad shard": "I/N"}  # fmt: skip
     assert expected[problem] in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["the study folder", "a folder of study images", "a DICOM series folder"])
+def test_outputs_among_the_study_inputs_are_refused_before_any_work(tmp_path, tiny_model_dir, where):
+    study = tmp_path / "study"
+    _slab(study / "brain.nrrd", 0, 2)
+    _slab(study / "more" / "brain2.nrrd", 0, 2)
+    _dicom(pydicom_test_file("CT_small.dcm"), study / "dicom" / "CT_small.dcm")
+    (study / "brain.txt").write_text(REPORT, encoding="utf-8")
+    out = {"the study folder": study, "a folder of study images": study / "more", "a DICOM series folder": study / "dicom"}[where]
+    before = _files(tmp_path)
+    code, _, stderr = _tmca(["batch", study, "--output", out, "--model", tiny_model_dir, "--probability"])
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("tmca batch: error: output folder"), stderr
+    assert ("is the study folder" if where == "the study folder" else "holds input images of the study") in lines[0]
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("encoding, bom", [("latin-1", b""), ("utf-16-le", b"\xff\xfe")])
+def test_reports_csv_and_sidecars_in_latin_1_and_utf_16_are_read(tmp_path, tiny_model_dir, encoding, bom):
+    study = tmp_path / "study"
+    _slab(study / "brain.nrrd", 0, 2)
+    _slab(study / "other.nrrd", 2, 2)
+    (study / "other.txt").write_bytes(bom + "Lésion frontale gauche.".encode(encoding))
+    reports = tmp_path / "reports.csv"
+    reports.write_bytes(bom + "case,report\nbrain,Masse hépatique à droite.\n".encode(encoding))
+    rows = run_batch(study, tmp_path / "out", reports=reports, model=tiny_model_dir)
+    assert {row["case"]: (row["status"], row["report"]) for row in rows} == {
+        "brain": ("ok", "Masse hépatique à droite."), "other": ("ok", "Lésion frontale gauche.")}

@@ -91,6 +91,47 @@ def test_lvit_matches_by_stem_and_reports_bad_rows(lvit_root, caplog):
     assert all(f"Train_text.xlsx row {row}:" in logged for row in (4, 5, 6))
 
 
+@pytest.fixture
+def lvit_release(tmp_path: Path) -> Path:
+    """Laid out exactly like LViT's released datasets (MoNuSeg): each split's table inside its
+    folder, colour TIFF images in img/, PNG masks in labelcol/, the sheet naming the image X.png."""
+    root = tmp_path / "MoNuSeg"
+    for index, split in enumerate(("Train", "Val", "Test")):
+        folder = root / f"{split}_Folder"
+        names = [f"TCGA-{split}-{k}" for k in range(2)]
+        for k, name in enumerate(names):
+            colour = np.random.default_rng([index, k]).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+            (folder / "img").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(colour).save(folder / "img" / f"{name}.tif")
+            _png(folder / "labelcol" / f"{name}.png", _mask(size=(40, 48)))
+        _xlsx(folder / f"{split}_text.xlsx", [(f"{name}.png", f"Dense nuclei in the {side} half.") for name, side in zip(names, ("left", "right"))])
+    return root
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_lvit_released_layout_reads_the_table_inside_each_split_folder(lvit_release, split):
+    result = load_samples(lvit_release, "lvit", split)
+    assert result.skipped == []
+    name = split.capitalize()
+    assert [(s.image.name, s.mask.name, s.report) for s in result.samples] == [
+        (f"TCGA-{name}-0.tif", f"TCGA-{name}-0.png", "Dense nuclei in the left half."),
+        (f"TCGA-{name}-1.tif", f"TCGA-{name}-1.png", "Dense nuclei in the right half."),
+    ]
+    item = SliceDataset(result.samples, image_size=32)[0]
+    assert item["image"].shape == (1, 32, 32) and item["mask"].shape == (1, 32, 32) and item["mask"].max() == 1
+
+
+def test_lvit_table_inside_the_split_folder_wins_over_one_in_root(lvit_release):
+    _xlsx(lvit_release / "Train_text.xlsx", [("TCGA-Train-0.png", "The root table's report.")])
+    assert [s.report for s in load_samples(lvit_release, "lvit", "train").samples] == [
+        "Dense nuclei in the left half.", "Dense nuclei in the right half."]
+    (lvit_release / "Train_Folder" / "Train_text.xlsx").unlink()
+    assert [s.report for s in load_samples(lvit_release, "lvit", "train").samples] == ["The root table's report."]
+    (lvit_release / "Train_text.xlsx").unlink()
+    with pytest.raises(TMCAError, match="no Train_text.xlsx or Train_text.csv .* in .*Train_Folder or .*MoNuSeg"):
+        load_samples(lvit_release, "lvit", "train")
+
+
 def test_lvit_missing_split_folder_is_a_clear_error(lvit_root):
     with pytest.raises(TMCAError, match="Test_Folder"):
         load_samples(lvit_root, "lvit", "test")

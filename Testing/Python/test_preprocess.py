@@ -101,3 +101,55 @@ def test_invalid_policy_is_a_user_error(policy: dict, message: str) -> None:
 def test_unknown_modality_is_a_user_error() -> None:
     with pytest.raises(TMCAError, match="no intensity rule for modality 'PET'"):
         normalize_intensity(np.arange(8.0).reshape(2, 2, 2), "PET")
+
+
+# ---------------------------------------------------------------------------------------------
+# One model-input path for training, inference and evaluation
+
+
+def test_training_and_inference_give_the_model_the_same_input(tmp_path, tiny_model_dir, monkeypatch) -> None:
+    import torch
+    from PIL import Image
+
+    import tmca.inference
+    from tmca.data import SliceDataset
+    from tmca.data.datasets import Sample
+    from tmca.inference import Segmenter
+
+    image, mask = tmp_path / "scan.png", tmp_path / "mask.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(image)
+    Image.fromarray(np.zeros((48, 40), np.uint8)).save(mask)
+    trained_on = SliceDataset([Sample(image, mask, "Nodule.", "scan", "Train")], image_size=64, modality="OT")[0]["image"]
+
+    seen = []
+    prepare = tmca.inference.model_input
+    monkeypatch.setattr(tmca.inference, "model_input", lambda slices, size: seen.append(prepare(slices, size)) or seen[-1])
+    Segmenter(tiny_model_dir, device="cpu").segment(image, "Nodule.")
+    assert trained_on.shape == (1, 64, 64) and seen[0].shape == (1, 1, 64, 64)
+    assert torch.equal(seen[0][0], trained_on)
+
+
+def test_an_image_without_a_modality_is_taken_as_the_models(tmp_path) -> None:
+    import SimpleITK as sitk
+
+    from tmca.imageio import LoadedImage
+    from tmca.preprocess import preprocess
+
+    hu = sitk.GetImageFromArray(np.array([[[-2000.0, 0.0, 500.0, 3000.0]]], np.float32))
+    as_ct = preprocess(LoadedImage(hu, "OT", "x", None, False, False), "CT")
+    np.testing.assert_allclose(as_ct.ravel(), [0.0, 0.5, 0.75, 1.0])
+    own = preprocess(LoadedImage(hu, "MR", "x", None, False, False), "CT")  # its own modality wins
+    np.testing.assert_allclose(own, normalize_intensity(sitk.GetArrayFromImage(hu), "MR"))
+
+
+def test_model_input_resizes_slices_to_the_square_and_adds_the_channel() -> None:
+    import torch
+
+    from tmca.preprocess import model_input
+
+    slices = torch.rand(3, 48, 40)
+    out = model_input(slices, 32)
+    assert out.shape == (3, 1, 32, 32)
+    assert model_input(torch.rand(2, 32, 32), 32).shape == (2, 1, 32, 32)
+    flat = model_input(torch.full((1, 50, 30), 0.25), 32)
+    assert torch.allclose(flat, torch.full_like(flat, 0.25))

@@ -26,6 +26,7 @@ empty rows are ignored.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import zlib
@@ -154,8 +155,7 @@ def _read_table(path: Path) -> list[tuple[int, dict[str, str]]]:
     if path.suffix.lower() == ".xlsx":
         records = _xlsx_records(path)
     else:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            records = list(csv.reader(handle))
+        records = list(csv.reader(io.StringIO(read_text_file(path, "table"), newline="")))
     if not records:
         raise TMCAError(f"{path} is empty; it needs a header row and one row per sample")
     headers = [str(h or "").strip().lower() for h in records[0]]
@@ -346,14 +346,13 @@ def _file_problem(row: _Row) -> str | None:
     for kind, path in (("image", row.image), ("mask", row.mask)):
         if path is None or not path.is_file():
             return f"{kind} not found: {path}"
-    try:
-        image_size = image_shape(row.image)
-    except (OSError, RuntimeError, ValueError) as exc:
-        return f"unreadable image {row.image}: {reason(exc)}"
-    try:
-        mask_size = image_shape(row.mask)
-    except (OSError, RuntimeError, ValueError) as exc:
-        return f"unreadable mask {row.mask}: {reason(exc)}"
+    sizes = {}
+    for kind, path in (("image", row.image), ("mask", row.mask)):
+        try:
+            sizes[kind] = image_shape(path)
+        except (OSError, RuntimeError, ValueError) as exc:
+            return f"unreadable {kind} {path}: {reason(exc)}"
+    image_size, mask_size = sizes["image"], sizes["mask"]
     if image_size != mask_size:
         return f"mask size {_size_text(mask_size)} differs from image size {_size_text(image_size)}"
     return None

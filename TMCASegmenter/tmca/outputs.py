@@ -32,15 +32,16 @@ def files_written(path: Path) -> list[Path]:
     return [path] if extra is None else [path, path.with_name(strip_suffix(path.name) + extra)]
 
 
-def check_outputs_apart(source: Path, outputs: Mapping[str, Path | None]) -> None:
-    """Refuse outputs that would overwrite the input or each other.
+def check_outputs_apart(source: Path, outputs: Mapping[str, Path | None], other_inputs: Sequence[Path | None] = ()) -> None:
+    """Refuse outputs that would overwrite an input or each other.
 
     ``source`` is the input image file or DICOM folder; ``outputs`` maps a description ("output",
-    "probability map") to a path (None: not asked for). Refused: an output that is the input file
-    (or a detached header's data file), a file inside the input folder, or the same file as
-    another output.
+    "probability map") to a path (None: not asked for); ``other_inputs`` are further files read
+    (a report file). Refused: an output that is an input file (or a detached header's data file),
+    a file inside the input folder, or the same file as another output.
     """
     inputs = [source, *detached_data_files(source)] if source.is_file() else []
+    inputs += [path for path in other_inputs if path is not None]
     claimed: list[tuple[Path, str]] = []
     for what, path in outputs.items():
         if path is None:
@@ -48,8 +49,9 @@ def check_outputs_apart(source: Path, outputs: Mapping[str, Path | None]) -> Non
         for written in files_written(path):
             if source.is_dir() and _inside(written, source):
                 raise TMCAError(f"{what} {path} lies inside the input DICOM folder {source}; write it outside the folder")
-            if any(_same_file(written, item) for item in inputs):
-                raise TMCAError(f"{what} {path} would overwrite the input {source}; choose another output path")
+            item = next((item for item in inputs if _same_file(written, item)), None)
+            if item is not None:
+                raise TMCAError(f"{what} {path} would overwrite the input {item}; choose another output path")
             other = next((name for earlier, name in claimed if _same_file(written, earlier)), None)
             if other is not None:
                 raise TMCAError(f"the {what} and the {other} are the same file ({written}); give each output its own path")

@@ -277,6 +277,17 @@ def test_output_that_is_the_input_is_refused(tmp_path, tiny_model_dir, capsys):
              "probability map", _snapshot(tmp_path))
 
 
+def test_output_over_the_report_file_or_a_link_to_the_input_is_refused(tmp_path, tiny_model_dir, capsys):
+    image = _volume(tmp_path, np.random.default_rng(0).random((4, 16, 16), dtype=np.float32))
+    report = tmp_path / "report.nrrd"  # an odd name, but a report file all the same
+    report.write_text(REPORT, encoding="utf-8")
+    base = ["segment", str(image), "--report-file", str(report), "--model", str(tiny_model_dir)]
+    _refused(tmp_path, [*base, "--output", str(report)], capsys, f"would overwrite the input {report}", _snapshot(tmp_path))
+    (tmp_path / "link.nrrd").symlink_to(image)
+    _refused(tmp_path, [*base, "--output", str(tmp_path / "o.seg.nrrd"), "--relevance", str(tmp_path / "link.nrrd")], capsys,
+             f"relevance map {tmp_path / 'link.nrrd'} would overwrite the input {image}", _snapshot(tmp_path))
+
+
 def test_output_whose_data_file_is_the_inputs_data_file_is_refused(tmp_path, tiny_model_dir, capsys):
     array = np.random.default_rng(0).random((4, 16, 16), dtype=np.float32)
     sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "x.nhdr"), useCompression=True)  # x.nhdr + x.raw.gz

@@ -53,7 +53,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     if not Path(args.input).exists():
         raise TMCAError(f"input not found: {args.input}")
     outputs = {"output": args.output, "probability map": args.probability, "relevance map": args.relevance}
-    check_outputs_apart(Path(args.input), outputs)
+    check_outputs_apart(Path(args.input), outputs, other_inputs=[args.report_file])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Union
 
+from tmca.choices import DEVICES
 from tmca.errors import TMCAError
 
 PathLike = Union[str, os.PathLike]
 ENGINE_DIR = Path(__file__).resolve().parents[1]
-
-
-def _devices_from_source() -> tuple[str, ...]:
-    """``tmca.devices.DEVICE_CHOICES``, read from its source: importing ``tmca.devices`` imports torch,
-    and Slicer loads this module before torch is installed (the first Apply installs it)."""
-    tree = ast.parse((ENGINE_DIR / "tmca" / "devices.py").read_text(encoding="utf-8"))
-    for statement in tree.body:
-        if isinstance(statement, ast.Assign) and any(getattr(t, "id", None) == "DEVICE_CHOICES" for t in statement.targets):
-            return tuple(ast.literal_eval(statement.value))
-    raise RuntimeError("tmca/devices.py no longer defines DEVICE_CHOICES")
-
-
-try:  # the engine's torch-free registry of choices, being introduced on another branch
-    from tmca.choices import DEVICES
-except ImportError:
-    DEVICES = _devices_from_source()
 
 
 def python_executable(which: Callable[[str], str | None] = shutil.which, search_dirs: Iterable[PathLike] = ()) -> str:

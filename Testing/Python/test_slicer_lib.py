@@ -75,10 +75,7 @@ def test_resources_are_found_from_the_source_tree_and_from_a_build_tree(tmp_path
 
 
 def test_devices_are_the_engines_and_include_mps():
-    try:
-        from tmca.choices import DEVICES as engine_devices
-    except ImportError:
-        from tmca.devices import DEVICE_CHOICES as engine_devices
+    from tmca.choices import DEVICES as engine_devices
 
     assert commands.DEVICES == tuple(engine_devices) and "mps" in commands.DEVICES
     assert commands.segment_command("py", "in", "r", "o.seg.nrrd", device="mps")[-3:] == ["0.5", "--progress", "json"]

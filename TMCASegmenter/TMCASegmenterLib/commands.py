@@ -12,7 +12,6 @@ from tmca.choices import DEVICES
 from tmca.errors import TMCAError
 
 PathLike = Union[str, os.PathLike]
-ENGINE_DIR = Path(__file__).resolve().parents[1]
 
 
 def python_executable(which: Callable[[str], str | None] = shutil.which, search_dirs: Iterable[PathLike] = ()) -> str:

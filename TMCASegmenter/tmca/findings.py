@@ -22,6 +22,10 @@ Splitting, in order (each step only applies when it yields two or more items):
 
 A report that does not split stays one finding with the whole (tidied) text: no text is dropped
 except a list header.
+
+Findings of absence ("No pleural effusion.", "Lungs are clear.") are kept with ``negative=True``
+(see :mod:`tmca.negation`); a sentence that mixes both ("A nodule in the left upper lobe, no
+effusion.") is cut into its positive and negative parts first.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import re
 from dataclasses import dataclass
 
 from tmca.errors import TMCAError
+from tmca.negation import is_negative, split_negated_clauses
 
 MAX_NAME_LENGTH = 64
 
@@ -66,10 +71,14 @@ _SENTENCE_FINDING = re.compile(r"^(?P<what>.+?)\s+(?:in|at|within|of)\s+the\s+(?
 
 @dataclass
 class Finding:
-    """One target of a report: ``name`` for the segment, ``text`` to condition the model on."""
+    """One target of a report: ``name`` for the segment, ``text`` to condition the model on.
+
+    ``negative``: the finding states an absence ("No effusion."); it gets no segment.
+    """
 
     name: str
     text: str
+    negative: bool = False
 
 
 def tidy_text(text: str) -> str:
@@ -109,7 +118,8 @@ def split_findings(report: str) -> list[Finding]:
             f"the report {report!r} has no words in Latin letters: the model understands English reports; "
             "give the report in English, e.g. 'Mass in the left frontal lobe.'"
         )
-    findings = [finding for item in _split_items(report) for finding in _expand_item(item)]
+    clauses = [clause for item in _split_items(report) for clause in split_negated_clauses(item)]
+    findings = [finding for clause in clauses for finding in _expand_clause(clause)]
     return _unique_names(findings)
 
 
@@ -190,6 +200,13 @@ def _has_words(text: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # One item -> findings
+
+
+def _expand_clause(clause: str) -> list[Finding]:
+    """A negative clause stays one negative finding; a positive one is expanded by :func:`_expand_item`."""
+    if is_negative(clause):
+        return [Finding(_name_from_text(clause), _as_sentence(clause), negative=True)]
+    return _expand_item(clause)
 
 
 def _expand_item(item: str) -> list[Finding]:

@@ -27,11 +27,14 @@ from tmca.findings import Finding, segment_color, split_findings, tidy_text
 from tmca.imageio import LoadedImage, load_image, validate_voxels
 from tmca.metrics import mask_statistics
 from tmca.models import resolve_model
+from tmca.negation import is_negative
 from tmca.networks.fusion import fuse_for_inference
 from tmca.networks.text_encoder import TextFeatures
 from tmca.preprocess import model_input, preprocess
 from tmca.protocol import FindingRecord, segment_id
+from tmca.reconcile import check_finding
 from tmca.segio import SegmentSpec, layer_placement, write_segmentation, write_volume
+from tmca.terminology import code_finding
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +43,19 @@ ProgressCallback = Callable[[int, int, str], None]
 
 @dataclass
 class SegmentationResult:
-    """Per-finding probabilities (K, z, y, x) float32 on ``reference``'s grid and their thresholded masks."""
+    """Per-finding probabilities (K, z, y, x) float32 on ``reference``'s grid and their thresholded masks.
+
+    ``findings`` are the positive findings (one segment each); ``negative_findings`` the findings
+    of absence, which get no segment (K is 0 for a report that states only absences). Each record
+    carries the finding's coded terminology and its report-to-mask checks.
+    """
 
     reference: sitk.Image
     findings: list[Finding]
     probabilities: np.ndarray
     threshold: float
     relevance: np.ndarray | None = None
+    negative_findings: list[Finding] = field(default_factory=list)
     masks: np.ndarray = field(init=False)
     records: list[FindingRecord] = field(init=False)
 
@@ -56,9 +65,21 @@ class SegmentationResult:
         self.records = []
         for index, (finding, mask, (layer, label)) in enumerate(zip(self.findings, self.masks, layer_placement(self.masks))):
             voxels, volume_ml, components = mask_statistics(mask, voxel_mm3)
+            terminology = code_finding(finding.text).as_dict()
+            checks = [check.as_dict() for check in check_finding(finding.text, mask, self.reference)]
             self.records.append(
-                FindingRecord(finding.name, finding.text, segment_id(index), layer, label, voxels, round(volume_ml, 4), components)
+                FindingRecord(
+                    finding.name, finding.text, segment_id(index), layer, label, voxels, round(volume_ml, 4), components,
+                    terminology=terminology, checks=checks,
+                )  # fmt: skip
             )
+
+    @property
+    def negative_records(self) -> list[FindingRecord]:
+        """One record per finding of absence (no segment, no checks)."""
+        return [
+            FindingRecord(f.name, f.text, negative=True, terminology=code_finding(f.text).as_dict()) for f in self.negative_findings
+        ]
 
     def save(self, output: str | Path, probability: str | Path | None = None, relevance: str | Path | None = None) -> None:
         """Write the segmentation (.seg.nrrd) and, when asked, the probability and relevance maps; each atomically."""
@@ -70,22 +91,31 @@ class SegmentationResult:
 
     def with_threshold(self, threshold: float) -> "SegmentationResult":
         """The same probabilities cut at another threshold, without a new run."""
-        return SegmentationResult(self.reference, self.findings, self.probabilities, check_threshold(threshold), self.relevance)
+        return SegmentationResult(
+            self.reference, self.findings, self.probabilities, check_threshold(threshold), self.relevance, self.negative_findings
+        )
 
     @property
     def segments(self) -> list[SegmentSpec]:
-        return [SegmentSpec(record.name, segment_color(index), record.segment_id) for index, record in enumerate(self.records)]
+        return [
+            SegmentSpec(record.name, segment_color(index), record.segment_id, record.terminology.get("slicer_terminology_entry", ""))
+            for index, record in enumerate(self.records)
+        ]
 
     @property
     def labelmap(self) -> sitk.Image:
         """uint8 label map (finding i -> i + 1; where findings overlap, the most probable wins)."""
+        if not self.findings:
+            return _on_grid(np.zeros(self.probabilities.shape[1:], dtype=np.uint8), self.reference)
         best = np.argmax(self.probabilities, axis=0).astype(np.uint8) + 1
         labels = np.where(self.masks.any(axis=0), best, 0).astype(np.uint8)
         return _on_grid(labels, self.reference)
 
     @property
     def probability(self) -> sitk.Image:
-        """float32 probability image: scalar for one finding, one component per finding otherwise."""
+        """float32 probability image: scalar for one finding (zeros for none), one component per finding otherwise."""
+        if not self.findings:
+            return _on_grid(np.zeros(self.probabilities.shape[1:], dtype=np.float32), self.reference)
         return _on_grid(self.probabilities[0] if len(self.findings) == 1 else np.moveaxis(self.probabilities, 0, -1), self.reference)
 
     @property
@@ -167,7 +197,9 @@ class Segmenter:
         """
         threshold = check_threshold(threshold)
         plane = check_plane(plane or self.config.plane)
-        findings = _findings_of(report, split_findings)
+        every_finding = _findings_of(report, split_findings)
+        findings = [finding for finding in every_finding if not finding.negative]
+        negative = [finding for finding in every_finding if finding.negative]
         stopper = _Stopper(cancel)
         notify = progress or (lambda done, total, stage: None)
         notify(0, 1, "loading")
@@ -177,10 +209,14 @@ class Segmenter:
         volume = preprocess(loaded, self.config.modality, self.config.intensity_policy or None)
         if loaded.was_2d:
             plane = "axial"  # a single slice
+        if not findings:  # only findings of absence: nothing to segment, the model does not run
+            empty = np.zeros((0, *volume.shape), dtype=np.float32)
+            notify(1, 1, "postprocessing")
+            return SegmentationResult(loaded.image, [], empty, threshold, empty if with_relevance else None, negative)
         texts = self._encode_findings(findings) if self.config.text else [None] * len(findings)
         probabilities, relevance = self._run_slices(volume, texts, PLANE_AXIS[plane], with_relevance, notify, stopper)
         notify(1, 1, "postprocessing")
-        return SegmentationResult(loaded.image, findings, probabilities, threshold, relevance)
+        return SegmentationResult(loaded.image, findings, probabilities, threshold, relevance, negative)
 
     def _load(self, image, modality: str | None, series_uid: str | None) -> LoadedImage:
         if isinstance(image, LoadedImage):
@@ -272,4 +308,4 @@ def _findings_of(report: str, split: bool) -> list[Finding]:
     if split:
         return findings
     text = tidy_text(report)
-    return [Finding(name=findings[0].name if len(findings) == 1 else text[:64], text=text)]
+    return [Finding(name=findings[0].name if len(findings) == 1 else text[:64], text=text, negative=is_negative(text))]

@@ -7,7 +7,8 @@ the two sides cannot drift. Events:
 
 - ``{"event": "progress", "stage": str, "done": int, "total": int, ...}``
 - ``{"event": "result", "protocol": 1, "output": str, "probability": str | None, "findings": [...]}``
-  with one :class:`FindingRecord` object per finding.
+  with one :class:`FindingRecord` object per finding, and ``"negative_findings": [...]`` (records
+  with ``negative: true`` and no segment) for the findings of absence ("No effusion.").
 
 On failure the process exits non-zero and prints ``tmca <command>: error: <message>`` on stderr
 (:func:`error_line`, read back by :func:`engine_error_message`).
@@ -18,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 PROTOCOL_VERSION = 1
@@ -34,7 +35,9 @@ class FindingRecord:
     """One finding of a result: what the model saw, where its segment is, and what it found.
 
     ``segment_id``, ``layer`` and ``label_value`` name the finding's segment in the written
-    ``.seg.nrrd`` exactly (overlapping findings sit in other layers).
+    ``.seg.nrrd`` exactly (overlapping findings sit in other layers). ``terminology`` is
+    :meth:`tmca.terminology.Terminology.as_dict`; ``checks`` are :meth:`tmca.reconcile.Check.as_dict`
+    dicts; ``negative`` marks a finding of absence (no segment).
     """
 
     name: str
@@ -45,6 +48,9 @@ class FindingRecord:
     voxels: int = 0
     volume_ml: float = 0.0
     components: int = 0
+    negative: bool = False
+    terminology: dict[str, Any] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict."""
@@ -58,8 +64,23 @@ class FindingRecord:
         for key, value in data.items():
             if key in known and value is not None:
                 default = known[key].default
-                values[key] = type(default)(value) if isinstance(default, (int, float, str)) else value
+                if isinstance(default, (int, float, str)):
+                    value = type(default)(value)
+                elif key in _CONTAINERS:
+                    value = _container(key, value)
+                values[key] = value
         return cls(**values)
+
+
+_CONTAINERS = {"terminology": dict, "checks": list}
+
+
+def _container(key: str, value: Any) -> Any:
+    """A dict or list field's JSON value, checked for its type."""
+    expected = _CONTAINERS[key]
+    if not isinstance(value, expected):
+        raise ValueError(f"finding field {key!r} must be a {expected.__name__}, not {type(value).__name__}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -88,6 +109,7 @@ class Result:
     output: str
     probability: str | None
     findings: tuple[FindingRecord, ...]
+    negative_findings: tuple[FindingRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,7 +128,13 @@ def progress_event(done: int, total: int, stage: str, **extra: Any) -> dict[str,
     return {"event": "progress", "stage": stage, "done": int(done), "total": int(total), **extra}
 
 
-def result_event(output: str, findings: Iterable[FindingRecord], probability: str | None = None, **extra: Any) -> dict[str, Any]:
+def result_event(
+    output: str,
+    findings: Iterable[FindingRecord],
+    probability: str | None = None,
+    negative_findings: Iterable[FindingRecord] = (),
+    **extra: Any,
+) -> dict[str, Any]:
     """A ``result`` event."""
     return {
         "event": "result",
@@ -115,6 +143,7 @@ def result_event(output: str, findings: Iterable[FindingRecord], probability: st
         "probability": str(probability) if probability else None,
         **extra,
         "findings": [record.as_dict() for record in findings],
+        "negative_findings": [record.as_dict() for record in negative_findings],
     }
 
 
@@ -145,7 +174,8 @@ def _event_from_dict(data: Mapping[str, Any]) -> ParsedEvent:
         return Progress(str(data.get("stage", "")), int(data.get("done") or 0), int(data.get("total") or 0))
     if data["event"] == "result":
         findings = tuple(FindingRecord.from_dict(f) for f in data.get("findings") or ())
-        return Result(str(data.get("output", "")), data.get("probability") or None, findings)
+        negative = tuple(FindingRecord.from_dict(f) for f in data.get("negative_findings") or ())
+        return Result(str(data.get("output", "")), data.get("probability") or None, findings, negative)
     return Event(data["event"], data)
 
 

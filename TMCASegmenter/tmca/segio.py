@@ -20,6 +20,7 @@ import nrrd
 import numpy as np
 import SimpleITK as sitk
 import slicerio
+from slicerio.segmentation import terminology_entry_from_string, terminology_entry_to_string
 
 from tmca.atomic import atomic_path, atomic_path_with_companions
 from tmca.errors import TMCAError, reason
@@ -32,11 +33,16 @@ _BINARY_LABELMAP = "Binary labelmap"
 
 @dataclass
 class SegmentSpec:
-    """Name, display colour (RGB, each 0..1) and id of one segment (default id: ``Segment_<n>``)."""
+    """Name, display colour (RGB, each 0..1) and id of one segment (default id: ``Segment_<n>``).
+
+    ``terminology``: Slicer's serialised ``TerminologyEntry`` (``tmca.terminology``), stored in the
+    segment's ``_Tags``; empty for none.
+    """
 
     name: str
     color: tuple[float, float, float]
     segment_id: str = ""
+    terminology: str = ""
 
 
 def write_segmentation(
@@ -198,7 +204,9 @@ def _segment_fields(index: int, spec: SegmentSpec, layer: int, label: int, shape
     """slicerio segment dict. The extent is the full grid: Slicer crops a whole layer to the
     extent of the first segment it reads in that layer."""
     z, y, x = shape
+    terminology = {"terminology": terminology_entry_from_string(spec.terminology)} if spec.terminology else {}
     return {
+        **terminology,
         "id": spec.segment_id or segment_id(index),
         "name": " ".join(spec.name.splitlines()),
         "color": [float(c) for c in spec.color],
@@ -257,7 +265,8 @@ def _label_segments(voxels: np.ndarray) -> list[dict[str, Any]]:
 def _spec(segment: dict[str, Any]) -> SegmentSpec:
     """SegmentSpec of a slicerio segment (grey when it has no colour)."""
     red, green, blue = segment.get("color", (0.5, 0.5, 0.5))
-    return SegmentSpec(name=segment.get("name", segment["id"]), color=(float(red), float(green), float(blue)), segment_id=segment["id"])
+    terminology = terminology_entry_to_string(segment["terminology"]) if segment.get("terminology") else ""
+    return SegmentSpec(segment.get("name", segment["id"]), (float(red), float(green), float(blue)), segment["id"], terminology)
 
 
 def _geometry_image(ijk_to_lps: np.ndarray, ijk_shape: Sequence[int]) -> sitk.Image:

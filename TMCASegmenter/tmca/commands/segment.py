@@ -27,6 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--output", "-o", required=True, type=Path, help="output segmentation (.seg.nrrd)")
     parser.add_argument("--probability", type=Path, help=f"also write the probability map ({_VOLUMES})")
     parser.add_argument("--relevance", type=Path, help=f"also write the language relevance map ({_VOLUMES})")
+    parser.add_argument("--dicom-seg", type=Path, help="also write a DICOM Segmentation (.dcm); the input must be DICOM")
     parser.add_argument("--model", help="checkpoint folder (default: the bundled demo model)")
     add_device(parser)
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
@@ -50,9 +51,11 @@ def check_outputs(args: argparse.Namespace) -> None:
     check_output_name(args.output, SEGMENTATION_SUFFIXES, "output")
     check_output_name(args.probability, WRITABLE_VOLUME_SUFFIXES, "probability map")
     check_output_name(args.relevance, WRITABLE_VOLUME_SUFFIXES, "relevance map")
+    check_output_name(getattr(args, "dicom_seg", None), (".dcm",), "DICOM SEG")
     if not Path(args.input).exists():
         raise TMCAError(f"input not found: {args.input}")
     outputs = {"output": args.output, "probability map": args.probability, "relevance map": args.relevance}
+    outputs["DICOM SEG"] = getattr(args, "dicom_seg", None)
     check_outputs_apart(Path(args.input), outputs, other_inputs=[args.report_file])
 
 
@@ -62,22 +65,54 @@ def run(args: argparse.Namespace) -> int:
 
     report = read_report(args)
     check_outputs(args)
+    dicom_sources = None
+    if getattr(args, "dicom_seg", None):
+        from tmca.dicomseg import dicom_source_files
+
+        dicom_sources = dicom_source_files(args.input, args.series)  # refuses non-DICOM input before the model runs
     progress = make_progress(args.progress)
     try:
         with cancel_on_signals():
             result = segment_to_files(args, report, progress)
+            dicom_seg = write_dicom_output(args, result, dicom_sources)
     finally:
         progress.close()
     if args.progress == "json":
         from tmca.protocol import result_event
 
         relevance = str(args.relevance) if args.relevance else None
-        progress.emit(result_event(str(args.output), result.records, args.probability, relevance=relevance))
+        extra = {"relevance": relevance, "dicom_seg": dicom_seg, "message": outcome_message(result)}
+        progress.emit(result_event(str(args.output), result.records, args.probability, result.negative_records, **extra))
     else:
-        print(f"wrote {args.output}")
+        print(f"wrote {args.output}" + (f" and {dicom_seg}" if dicom_seg else ""))
+        from tmca.reconcile import checks_text
+
         for record in result.records:
             print(f"  {record.name}: {record.volume_ml:.2f} mL, {record.components} component(s), {record.voxels} voxels")
+            print(f"    {record.terminology['type']['meaning']}, checks: {checks_text(record.checks)}")
+        for record in result.negative_records:
+            print(f"  negative finding (no segment): {record.text}")
+        if not result.records:
+            print(outcome_message(result))
     return 0
+
+
+def outcome_message(result) -> str:
+    """One line for a report with no positive finding; '' otherwise."""
+    if result.records:
+        return ""
+    return "the report states no positive finding (only absences); no segment was drawn"
+
+
+def write_dicom_output(args: argparse.Namespace, result, sources) -> str | None:
+    """Write the DICOM SEG when asked and there is a segment; returns its path, else None."""
+    if sources is None or not result.records:
+        return None
+    from tmca.dicomseg import algorithm_of, write_dicom_seg
+    from tmca.models import resolve_model
+
+    write_dicom_seg(args.dicom_seg, list(result.masks), result.records, result.reference, sources, algorithm_of(resolve_model(args.model)))
+    return str(args.dicom_seg)
 
 
 def segment_to_files(args: argparse.Namespace, report: str, progress):

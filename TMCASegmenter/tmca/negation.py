@@ -47,7 +47,7 @@ _TRAILING = re.compile(
 )
 _NORMAL = re.compile(
     r"^(?:(?:the\s+)?(?:lungs?|chest|liver|kidneys?|brain|breasts?|prostate|study|scan|examination|exam)\s+"
-    r"(?:is|are|was|were|appears?|remains?)\s+(?:clear|normal|unremarkable|within normal limits)"
+    r"(?:is|are|was|were|appears?|remains?)\s+(?:(?:otherwise|essentially|entirely)\s+)*(?:clear|normal|unremarkable|within normal limits)"
     r"|clear lungs?|normal (?:study|scan|examination|exam|chest|findings)|unremarkable(?: study| scan| examination)?"
     r"|no (?:acute )?abnormalit(?:y|ies)(?: detected| seen)?|within normal limits|nad)\b"
 )

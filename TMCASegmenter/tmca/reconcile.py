@@ -147,7 +147,7 @@ def _stated_zones(plain: str) -> tuple[tuple[str, ...], str | None]:
     lobe = re.search(r"\b(upper|middle|lower) lobes?\b|\b[lr](ul|ml|ll)\b", plain)
     if lobe:
         which = lobe[1] or {"ul": "upper", "ml": "middle", "ll": "lower"}[lobe[2]]
-        return {"upper": ("upper", "middle"), "middle": ("middle",), "lower": ("middle", "lower")}[which], f"{which} lobe"
+        return {"upper": ("middle", "upper"), "middle": ("middle",), "lower": ("lower", "middle")}[which], f"{which} lobe"
     zone_words = r"(?:upper|middle|mid|lower|apical|basal|all)"
     run = re.search(rf"\b((?:{zone_words}\s+)+)(?:(?:left|right)\s+)?(?:lung|zone|lobe|field)s?\b", plain)
     if not run:

@@ -36,11 +36,14 @@ from tmca.textio import read_text_file
 
 STATUSES = ("ok", "failed", "no-report", "skipped")
 COLUMNS = (
-    "case", "input", "series_uid", "report", "status", "error", "findings", "volume_ml", "components", "seconds",
-    "output", "probability", "input_sha256", "report_sha256", "settings_sha256",
+    "case", "input", "series_uid", "report", "status", "error", "findings", "volume_ml", "components",
+    "negative_findings", "terminology", "checks", "disagreements", "seconds",
+    "output", "probability", "dicom_seg", "input_sha256", "report_sha256", "settings_sha256",
 )  # fmt: skip
-"""Summary columns, in order; extra columns of the reports CSV follow them."""
-LIST_COLUMNS = ("findings", "volume_ml", "components")
+"""Summary columns, in order; extra columns of the reports CSV follow them. ``terminology`` and
+``checks`` hold one text per finding (:func:`tmca.reconcile.checks_text`); ``disagreements``
+counts the case's checks that disagree."""
+LIST_COLUMNS = ("findings", "volume_ml", "components", "negative_findings", "terminology", "checks")
 """Columns holding one value per finding: lists in summary.json, ``"; "``-joined in summary.csv."""
 SUMMARY_FORMAT = "tmca-batch-summary-1"
 STATE_FOLDER = ".tmca-batch"
@@ -367,8 +370,13 @@ def run_batch(
     fail_fast: bool = False,
     progress: ProgressCallback | None = None,
     batch_size: int | None = None,
+    dicom_seg: bool = False,
 ) -> list[dict[str, Any]]:
     """Segment every case of ``study_dir`` into ``output_dir``; return the summary rows.
+
+    dicom_seg: also write ``<case>.dcm``, a DICOM Segmentation, beside ``<case>.seg.nrrd`` (a
+    non-DICOM case then fails with a message before the model runs; a report with no positive
+    finding gets no ``.dcm``).
 
     reports: a CSV path (``case``, ``report`` columns), a dict case id -> report, or None; a case
     the reports do not name uses its sidecar ``<case>.txt`` (beside the image or in the study
@@ -397,7 +405,7 @@ def run_batch(
         study=study, output=_output_folder(output_dir), cases=shard.select(cases) if shard else cases, reports=listed,
         shard=shard, model_path=model_path, device=device, threshold=threshold, probability=bool(probability),
         overwrite=bool(overwrite), fail_fast=bool(fail_fast), batch_size=batch_size,
-        settings_sha256=_settings_sha256(model_path, threshold),
+        settings_sha256=_settings_sha256(model_path, threshold), dicom_seg=bool(dicom_seg),
     )  # fmt: skip
     return run.execute(progress or (lambda done, total, stage, **extra: None))
 
@@ -443,6 +451,7 @@ class _BatchRun:
     fail_fast: bool
     batch_size: int | None
     settings_sha256: str
+    dicom_seg: bool = False
     rows: list[dict[str, Any]] = field(default_factory=list)
     segmenter: Any = field(default=None, repr=False)
 
@@ -510,6 +519,8 @@ class _BatchRun:
         listed = self.reports.get(case.id)
         if case.problem or (listed is not None and listed.problem):
             return {**row, "status": "failed", "error": case.problem or listed.problem}
+        if self.dicom_seg and case.series_uid is None:
+            return {**row, "status": "failed", "error": f"--dicom-seg needs DICOM input, and {case.input} is not DICOM; run it without --dicom-seg"}
         report = self._report_of(case)
         if report is None:
             return {**row, "status": "no-report", "error": f"no report: the reports do not name {case.id!r} and no {case.id}.txt sidecar exists"}
@@ -517,7 +528,8 @@ class _BatchRun:
         previous = None if self.overwrite else self._previous_result(case, row)
         if previous is None:
             return None
-        return {**row, **{name: previous.get(name, row[name]) for name in (*LIST_COLUMNS, "output", "probability")}, "status": "skipped"}
+        kept = (*LIST_COLUMNS, "disagreements", "output", "probability", "dicom_seg")
+        return {**row, **{name: previous.get(name, row[name]) for name in kept}, "status": "skipped"}
 
     def _new_row(self, case: Case, report: Report | None) -> dict[str, Any]:
         """A summary row with the case's identity; results and status are filled in later."""
@@ -549,13 +561,16 @@ class _BatchRun:
         outputs = self._outputs(case)
         self._state_path(case).unlink(missing_ok=True)  # the old outputs are about to be replaced
         result.save(outputs["output"], outputs.get("probability"))
+        written = self._write_dicom_seg(case, result, outputs.pop("dicom_seg", None))
         finished = {
             **row,
             "status": "ok",
             "findings": [record.name for record in result.records],
             "volume_ml": [record.volume_ml for record in result.records],
             "components": [record.components for record in result.records],
+            **_clinical_columns(result),
             **{name: path.name for name, path in outputs.items()},
+            "dicom_seg": written.name if written else "",
         }
         self._remember(case, finished)
         return finished
@@ -565,7 +580,21 @@ class _BatchRun:
         outputs = {"output": self.output / f"{case.id}.seg.nrrd"}
         if self.probability:
             outputs["probability"] = self.output / f"{case.id}{PROBABILITY_SUFFIX}"
+        if self.dicom_seg:
+            outputs["dicom_seg"] = self.output / f"{case.id}.dcm"
         return outputs
+
+    def _write_dicom_seg(self, case: Case, result, path: Path | None) -> Path | None:
+        """The case's DICOM SEG, when asked and the report has a positive finding (else an old one is removed)."""
+        if path is None:
+            return None
+        if not result.records:
+            path.unlink(missing_ok=True)
+            return None
+        from tmca.dicomseg import algorithm_of, write_dicom_seg
+
+        write_dicom_seg(path, list(result.masks), result.records, result.reference, list(case.inputs), algorithm_of(self.model_path))
+        return path
 
     def _model(self, progress: ProgressCallback, done: int):
         """The Segmenter, loaded on first use (a rerun that skips every case loads nothing)."""
@@ -594,7 +623,10 @@ class _BatchRun:
         except (OSError, ValueError):
             return None
         same = isinstance(state, dict) and all(state.get(name) == row[name] for name in ("input_sha256", "report_sha256", "settings_sha256"))
-        present = all(path.is_file() for path in self._outputs(case).values())
+        expected = self._outputs(case)
+        if isinstance(state, dict) and state.get("findings") == []:
+            expected.pop("dicom_seg", None)  # no positive finding: no .dcm to expect
+        present = all(path.is_file() for path in expected.values())
         return state if same and present else None
 
     # -- summary -------------------------------------------------------------------------------
@@ -615,12 +647,17 @@ def report_outcome(rows: list[dict[str, Any]], summary: Path, json_progress: Any
     :class:`tmca.progress.JsonProgress`), else the counts, skips and failures printed for people.
     ``summary`` is the summary's path without its ``.csv``/``.json`` suffix."""
     counts = count_statuses(rows)
+    disagreeing = {row["case"]: row["disagreements"] for row in rows if isinstance(row.get("disagreements"), int) and row["disagreements"]}
     if json_progress is not None:
         from tmca.protocol import result_event
 
-        json_progress.emit(result_event(f"{summary}.json", [], csv=f"{summary}.csv", counts=counts))
+        total = sum(disagreeing.values())
+        json_progress.emit(result_event(f"{summary}.json", [], csv=f"{summary}.csv", counts=counts, disagreements=total))
         return
     print(f"{len(rows)} case(s): " + ", ".join(f"{count} {status}" for status, count in counts.items()))
+    if disagreeing:
+        cases = ", ".join(f"{case} ({count})" for case, count in disagreeing.items())
+        print(f"{sum(disagreeing.values())} report-to-mask check(s) disagree in {len(disagreeing)} case(s): {cases}; see the checks column")
     if counts["skipped"]:
         print(f"skipped {counts['skipped']} case(s) whose outputs are up to date (same input, report, model and threshold); --overwrite redoes them")
     for row in rows:
@@ -690,7 +727,7 @@ def _rebased(row: dict[str, Any], source: Path, target: Path) -> dict[str, Any]:
     """``row`` with its output file names relative to ``target`` instead of ``source``."""
     moved = {
         name: Path(os.path.relpath(source.resolve() / row[name], target.resolve())).as_posix()
-        for name in ("output", "probability")
+        for name in ("output", "probability", "dicom_seg")
         if row.get(name)
     }
     return {**row, **moved}
@@ -720,6 +757,22 @@ def _output_folder(output_dir: str | os.PathLike) -> Path:
     if not os.access(output, os.W_OK):
         raise TMCAError(f"output folder {output} is not writable; choose another folder")
     return output.resolve()
+
+
+def _clinical_columns(result) -> dict[str, Any]:
+    """Negative findings, terminology, checks and the disagreement count of a segmentation result."""
+    from tmca.reconcile import checks_text, disagreements
+
+    def coded(terminology: Mapping[str, Any]) -> str:
+        parts = [terminology.get(key) for key in ("type", "region", "laterality")]
+        return " | ".join(f"{p['meaning']} ({p['scheme']} {p['value']})" for p in parts if p)
+
+    return {
+        "negative_findings": [record.text for record in result.negative_records],
+        "terminology": [coded(record.terminology) for record in result.records],
+        "checks": [checks_text(record.checks) for record in result.records],
+        "disagreements": sum(disagreements(record.checks) for record in result.records),
+    }
 
 
 def _settings_sha256(model_path: Path, threshold: float) -> str:

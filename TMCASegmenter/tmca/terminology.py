@@ -1,6 +1,6 @@
 """Coded terminology of a finding: category, type, anatomic region and laterality in SNOMED CT.
 
-The words of a finding are looked up in the vocabulary table ``tmca/vocabulary.json`` (see
+The words of a finding are looked up in the vocabulary table :mod:`tmca.vocabulary` (see
 ``docs/TERMINOLOGY.md`` for its format and how to extend it): the first type whose word occurs in
 the text, the first region whose pattern matches, and the side the text names (``bilateral`` or
 ``both``, or ``left`` and ``right`` together, is bilateral). A text with no known type word gets the
@@ -21,7 +21,6 @@ from typing import Any
 
 from tmca.errors import TMCAError
 
-VOCABULARY_FILE = Path(__file__).with_name("vocabulary.json")
 VOCABULARY_FORMAT = "tmca-vocabulary-1"
 
 
@@ -137,12 +136,25 @@ def stated_laterality(text: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=4)
-def load_vocabulary(path: str | Path = VOCABULARY_FILE) -> Vocabulary:
-    """Read and check a vocabulary table; ``TMCAError`` naming the problem when it is malformed."""
+def load_vocabulary(path: str | Path | None = None) -> Vocabulary:
+    """The bundled table (:data:`tmca.vocabulary.VOCABULARY`), or a JSON file of the same structure.
+
+    Raises ``TMCAError`` naming the problem when the table is unreadable or malformed.
+    """
+    if path is None:
+        from tmca.vocabulary import VOCABULARY
+
+        return parse_vocabulary(VOCABULARY, "tmca.vocabulary")
     try:
         table = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise TMCAError(f"cannot read vocabulary {path}: {error}") from None
+    return parse_vocabulary(table, str(path))
+
+
+def parse_vocabulary(table: dict[str, Any], origin: str) -> Vocabulary:
+    """Check and compile a vocabulary table (see docs/TERMINOLOGY.md); ``origin`` names it in errors."""
+    path = origin
     try:
         if table.get("format") != VOCABULARY_FORMAT:
             raise ValueError(f"format must be {VOCABULARY_FORMAT!r}")

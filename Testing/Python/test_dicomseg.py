@@ -11,42 +11,14 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 
+from dicom_series import SLICE_SPACING, SLICES, write_series
 from tmca.dicomseg import Algorithm, dicom_source_files, write_dicom_seg
 from tmca.errors import TMCAError
 from tmca.imageio import load_image
 from tmca.protocol import FindingRecord
 from tmca.segio import read_segmentation
 from tmca.terminology import code_finding
-
-SLICES = 6
-SLICE_SPACING = 5.0
-
-
-def write_series(folder: Path, slices: int = SLICES, shuffle: bool = True) -> list[Path]:
-    """A real CT series: CT_small.dcm repeated along its normal with its own UIDs, files named out of order."""
-    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    series_uid, origin = pydicom.uid.generate_uid(), np.asarray(source.ImagePositionPatient, dtype=float)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    order = [3, 0, 5, 1, 4, 2][:slices] if shuffle and slices == 6 else list(range(slices))
-    for index in range(slices):
-        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber = index + 1
-        ds.ImagePositionPatient = [float(v) for v in origin + [0.0, 0.0, index * SLICE_SPACING]]
-        ds.SliceLocation = float(origin[2] + index * SLICE_SPACING)
-        ds.SliceThickness = SLICE_SPACING
-        pixels = ds.pixel_array.astype(np.int16) + np.int16(index * 7)
-        ds.PixelData = pixels.tobytes()
-        path = folder / f"img{order[index]:02d}.dcm"
-        ds.save_as(path)
-        paths.append(path)
-    return paths
-
 
 def _record(name: str, text: str, index: int) -> FindingRecord:
     return FindingRecord(name, text, f"Segment_{index + 1}", terminology=code_finding(text).as_dict())

@@ -12,7 +12,8 @@ from slicerio.segmentation import terminology_entry_from_string
 
 from tmca.errors import TMCAError
 from tmca.segio import SegmentSpec, read_segmentation, write_segmentation
-from tmca.terminology import VOCABULARY_FILE, code_finding, load_vocabulary, stated_laterality
+from tmca.terminology import code_finding, load_vocabulary, stated_laterality
+from tmca.vocabulary import VOCABULARY
 
 
 @pytest.mark.parametrize(
@@ -90,17 +91,23 @@ def test_terminology_tag_is_written_into_the_seg_nrrd_and_read_back(tmp_path):
 
 
 def test_malformed_vocabulary_is_refused_with_its_problem(tmp_path):
-    table = json.loads(VOCABULARY_FILE.read_text(encoding="utf-8"))
+    table = json.loads(json.dumps(VOCABULARY))
     table["types"][0]["category"] = "missing"
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(table), encoding="utf-8")
     with pytest.raises(TMCAError, match="unknown category 'missing'"):
         load_vocabulary(path)
-    table = json.loads(VOCABULARY_FILE.read_text(encoding="utf-8"))
+    table = json.loads(json.dumps(VOCABULARY))
     table["types"][0]["code"] = ["SCT", "1", "a~b"]
     path.write_text(json.dumps(table), encoding="utf-8")
     with pytest.raises(TMCAError, match="none holding"):
         load_vocabulary(path)
+    table["types"][0]["code"] = ["SCT", "27925004", "Nodule"]
+    table["types"].insert(0, {"words": ["fibrosis", "fibrotic"], "category": "abnormal", "code": ["SCT", "112674009", "Fibrosis"]})
+    path.write_text(json.dumps(table), encoding="utf-8")
+    extended = load_vocabulary(path)  # a user's own table extends the vocabulary
+    assert code_finding("Fibrotic band in the left lower lobe.", extended).type.meaning == "Fibrosis"
+    assert code_finding("Fibrotic band in the left lower lobe.").generic is True
 
 
 def test_bundled_vocabulary_codes_are_well_formed_snomed_ct():

@@ -27,6 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     parser.add_argument("--batch-size", type=int, help="slices per forward pass (default 16 on CPU, 64 on GPU)")
     parser.add_argument("--probability", action="store_true", help="also write OUT_DIR/<case>.probability.nrrd")
+    parser.add_argument("--dicom-seg", action="store_true", help="also write OUT_DIR/<case>.dcm, a DICOM Segmentation (DICOM cases only)")
     parser.add_argument("--shard", metavar="I/N", help="I/N: run only shard I of N (1 <= I <= N); merge the shards with tmca batch-merge")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose outputs are up to date")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing case")
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
                 args.study_dir, args.output, reports=args.reports, model=args.model, device=args.device,
                 threshold=args.threshold, probability=args.probability, shard=shard, overwrite=args.overwrite,
                 fail_fast=args.fail_fast, progress=_with_case_lines(progress), batch_size=args.batch_size,
+                dicom_seg=args.dicom_seg,
             )  # fmt: skip
     finally:
         progress.close()
@@ -66,4 +68,3 @@ def _with_case_lines(progress):
             print(f"[{done}/{total}] {extra['case']}: {extra['status']}{error}", flush=True)
 
     return report
-

@@ -50,7 +50,9 @@ def dicom_source_files(input_path: str | os.PathLike, series_uid: str | None) ->
         series = find_dicom_series(source)
         if not series:
             raise TMCAError(f"--dicom-seg needs DICOM input, and {source} holds no DICOM series; write the .seg.nrrd only")
-        uid = series_uid if series_uid in series else max(series, key=lambda key: (len(series[key]), key))
+        if series_uid is not None and series_uid not in series:
+            raise TMCAError(f"series {series_uid} not found in {source}; check --series")
+        uid = series_uid or max(series, key=lambda key: (len(series[key]), key))
         return [Path(name) for name in series[uid]]
     if not is_dicom_file(source):
         raise TMCAError(

@@ -63,7 +63,9 @@ def test_frames_reference_the_source_slice_they_lie_on(tmp_path):
     assert seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "4147007"
     any_source = next(iter(by_uid.values()))
     assert seg.StudyInstanceUID == any_source.StudyInstanceUID and seg.SeriesInstanceUID != any_source.SeriesInstanceUID
-    assert "InstitutionName" not in seg and "ReferringPhysicianName" in seg  # type-2 attributes only, nothing extra
+    assert all(name in any_source for name in ("InstitutionName", "StationName", "KVP", "ContrastBolusAgent"))
+    assert not any(name in seg for name in ("InstitutionName", "StationName", "KVP", "ContrastBolusAgent"))  # not copied
+    assert seg.PatientName == any_source.PatientName and seg.AccessionNumber == any_source.AccessionNumber  # required study/patient
     assert not list(tmp_path.glob(".seg.dcm.*"))  # written atomically
 
 

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         for record in result.negative_records:
             print(f"  negative finding (no segment): {record.text}")
         if not result.records:
-            print(outcome_message(result))
+            print(outcome_message(result) + ("; no DICOM SEG written (it needs a segment)" if dicom_sources else ""))
     return 0
 
 

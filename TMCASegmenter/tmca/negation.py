@@ -15,8 +15,9 @@ A finding is negative when, after lower-casing:
   ``normal study``, ``within normal limits``, ``no abnormality``).
 
 "Nodule without calcification" stays positive: ``without`` only negates a finding it starts.
-:func:`split_negated_clauses` cuts ``"A nodule in the left upper lobe, no effusion."`` into its
-positive and negative parts, so that mixed sentences segment the positive part only.
+:func:`split_negated_clauses` cuts ``"A nodule in the left upper lobe, no effusion."`` (and
+``"No nodule on the left, but a nodule on the right."``) into its positive and negative parts, so
+that mixed sentences segment the positive part only.
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ _NORMAL = re.compile(
     r"|clear lungs?|normal (?:study|scan|examination|exam|chest|findings)|unremarkable(?: study| scan| examination)?"
     r"|no (?:acute )?abnormalit(?:y|ies)(?: detected| seen)?|within normal limits|nad)\b"
 )
-_CLAUSE_BREAK = re.compile(r"(?:,|\band\b|\bbut\b)\s+(?=(?:no|without|there (?:is|are) no|absence of|negative for)\b)", re.IGNORECASE)
+_CLAUSE_BREAK = re.compile(
+    r"(?:,\s*|\s+)(?:but|however|whereas)\s+"
+    r"|(?:,|\band\b)\s+(?=(?:no|without|there (?:is|are) no|absence of|negative for)\b)",
+    re.IGNORECASE,
+)
 
 
 def is_negative(text: str) -> bool:
@@ -66,11 +71,12 @@ def is_negative(text: str) -> bool:
 def split_negated_clauses(item: str) -> list[str]:
     """``"A nodule in the left upper lobe, no effusion."`` -> ``["A nodule in the left upper lobe.", "No effusion."]``.
 
-    Cuts an item before a comma, "and" or "but" that starts a negated clause, only when the part
-    before it is positive; otherwise (already negative, or nothing to cut) returns ``[item]``.
+    Cuts an item before a comma or "and" that starts a negated clause, and at "but", "however" or
+    "whereas" ("No nodule on the left, but a 5 mm nodule in the right upper lobe."), only when the
+    parts differ in polarity; otherwise (all negative, all positive, nothing to cut) returns ``[item]``.
     """
     parts = [part.strip(" ,;") for part in _CLAUSE_BREAK.split(item) if part.strip(" ,;.")]
-    if len(parts) < 2 or is_negative(parts[0]):
+    if len(parts) < 2 or len({is_negative(part) for part in parts}) < 2:
         return [item]
     return [_sentence(part) for part in parts]
 

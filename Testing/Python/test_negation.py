@@ -78,6 +78,10 @@ def test_clause_split_leaves_negative_and_plain_items_alone():
     assert split_negated_clauses("No nodule, no effusion.") == ["No nodule, no effusion."]
     assert split_negated_clauses("Nodule without calcification.") == ["Nodule without calcification."]
     assert split_negated_clauses("Mass in the liver and no ascites.") == ["Mass in the liver.", "No ascites."]
+    assert split_negated_clauses("No nodule in the left lung, but a 5 mm nodule in the right upper lobe.") == [
+        "No nodule in the left lung.", "A 5 mm nodule in the right upper lobe."
+    ]
+    assert split_negated_clauses("Nodule in the left lung, but smaller than before.") == ["Nodule in the left lung, but smaller than before."]
 
 
 def test_only_negative_findings_give_no_segments_without_running_the_model(tmp_path, monkeypatch):

@@ -14,7 +14,8 @@ Measurement and tolerances (documented in docs/TERMINOLOGY.md):
   ``midline`` within ``MIDLINE_FRACTION`` (2 %) of the region's width from it; a midline component
   agrees with any stated side. ``bilateral`` agrees when components lie on both sides.
 - Region: ``upper``, ``middle`` or ``lower`` third of the scanned region along the patient's
-  superior axis (LPS +z). A component within ``ZONE_MARGIN`` (5 %) of the region's height from a
+  superior axis (LPS +z); for a single-slice image (a radiograph, a 2D slice) the image rows, top
+  row upper, as radiographs are displayed. A component within ``ZONE_MARGIN`` (5 %) of the region's height from a
   boundary between thirds agrees with both neighbouring thirds. An upper lobe may reach the middle
   third and a lower lobe the middle third; the middle lobe is the middle third.
 - Size: the largest diameter (maximum Feret diameter of the voxels, corners included) in mm of the
@@ -191,9 +192,11 @@ def measure_mask(mask: np.ndarray, reference: sitk.Image) -> list[Component]:
         box = objects[label - 1]
         inside = labels[box] == label
         start = [s.start for s in box]
-        centre = to_lps(np.argwhere(inside).mean(axis=0) + start)
+        centre_index = np.argwhere(inside).mean(axis=0) + start
+        centre = to_lps(centre_index)
         surface = np.argwhere(inside & ~ndimage.binary_erosion(inside)) + start  # the diameter runs between surface voxels
-        components.append(Component(int(sizes[label - 1]), _side(centre, low, high), _zone(centre, low, high), _diameter_mm(surface, to_lps)))
+        zone = _row_zone(centre_index[1], mask.shape[1]) if mask.shape[0] == 1 else _zone(centre, low, high)
+        components.append(Component(int(sizes[label - 1]), _side(centre, low, high), zone, _diameter_mm(surface, to_lps)))
     return components
 
 
@@ -226,6 +229,12 @@ def _zone(centre: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[str, .
     if height <= 0:
         return ZONES
     position = (centre[2] - low[2]) / height
+    return tuple(zone for index, zone in enumerate(ZONES) if index / 3 - ZONE_MARGIN <= position <= (index + 1) / 3 + ZONE_MARGIN)
+
+
+def _row_zone(row: float, rows: int) -> tuple[str, ...]:
+    """Third of a single-slice image by row (row 0 at the top is upper)."""
+    position = 1.0 - (row + 0.5) / rows
     return tuple(zone for index, zone in enumerate(ZONES) if index / 3 - ZONE_MARGIN <= position <= (index + 1) / 3 + ZONE_MARGIN)
 
 

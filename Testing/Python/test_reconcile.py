@@ -142,6 +142,16 @@ def test_region_follows_the_superior_axis():
     assert measure_mask(boundary, _image())[0].zone == ("lower", "middle")
 
 
+def test_single_slice_images_use_rows_for_the_region_and_columns_for_the_side():
+    radiograph = _image(shape=(1, 90, 60), spacing=(0.2, 0.2, 1.0))
+    mask = np.zeros((1, 90, 60), bool)
+    mask[0, 5:15, 40:50] = True  # top rows, image right: upper, patient left
+    (component,) = measure_mask(mask, radiograph)
+    assert (component.zone, component.side) == (("upper",), "left")
+    checks = check_finding("Opacity in the lower right lung zone.", mask, radiograph)
+    assert [(c.name, c.status) for c in checks[1:3]] == [("side", "disagree"), ("region", "disagree")]
+
+
 def test_diameter_in_millimetres_on_anisotropic_voxels():
     image = _image(shape=(10, 40, 40), spacing=(0.5, 0.5, 4.0))
     mask = np.zeros((10, 40, 40), bool)

@@ -12,16 +12,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
-import pydicom.pixels
 import SimpleITK as sitk
-from PIL import Image
 
 from tmca.choices import DICOM_MODALITY, check_modality
 from tmca.errors import TMCAError, reason
 from tmca.formats import READABLE_TEXT, is_dicom_name, is_raster
+
+if TYPE_CHECKING:  # pydicom and Pillow are imported where they are used: most inputs need neither
+    import pydicom
 
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
 """Weights of R, G, B in the grey value of a colour pixel."""
@@ -155,6 +156,8 @@ def _looks_like_colour(image: sitk.Image) -> bool:
 
 def _read_with_pillow(path: Path) -> _RawImage:
     """Read a raster image SimpleITK cannot (grey+alpha, palette, CMYK) as a 2D image."""
+    from PIL import Image
+
     try:
         with Image.open(path) as picture:
             picture.seek(0)
@@ -173,6 +176,8 @@ def _read_with_pillow(path: Path) -> _RawImage:
 
 def _dicom_header(path: str | os.PathLike) -> pydicom.Dataset:
     """Read the DICOM header of ``path`` without the pixels."""
+    import pydicom
+
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as exc:
@@ -268,6 +273,8 @@ def _series_description(path: str) -> str:
 
 def _read_dicom_with_pydicom(path: Path) -> sitk.Image:
     """Decode a DICOM file with pydicom: image of size (cols, rows, frames), RGB or scalar."""
+    import pydicom
+
     dataset = pydicom.dcmread(path, force=True)
     _assume_native_syntax_if_missing(dataset)
     frames = _pydicom_frames(path, dataset)
@@ -280,6 +287,8 @@ def _read_dicom_with_pydicom(path: Path) -> sitk.Image:
 
 def _assume_native_syntax_if_missing(dataset: pydicom.Dataset) -> None:
     """Give a file without file meta (old ACR-NEMA style) the uncompressed syntax it was read with."""
+    import pydicom
+
     if "TransferSyntaxUID" in dataset.file_meta or dataset.original_encoding[0] is None:
         return
     implicit, little_endian = dataset.original_encoding
@@ -296,6 +305,8 @@ def _pydicom_frames(path: Path, dataset: pydicom.Dataset) -> np.ndarray:
     Applies the modality LUT (rescale slope/intercept) to grey images, the palette to
     PALETTE COLOR images, and inverts MONOCHROME1 as SimpleITK does.
     """
+    import pydicom.pixels
+
     if not any(keyword in dataset for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise TMCAError(f"{path} holds no image (no pixel data); choose a DICOM image file or folder")
     try:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import math
 
 import torch
-from monai.networks.blocks import Convolution
 from torch import nn
+
+from tmca.networks.layers import Convolution
 
 
 def conv_block(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Module:
-    """Convolution, batch norm and ReLU (MONAI's :class:`Convolution`)."""
-    return Convolution(
-        spatial_dims, in_channels, out_channels, strides=stride, kernel_size=kernel_size, act="RELU", norm="BATCH", bias=False
-    )
+    """Convolution, batch norm and ReLU (MONAI's ``Convolution`` layout, see :mod:`tmca.networks.layers`)."""
+    return Convolution(spatial_dims, in_channels, out_channels, strides=stride, kernel_size=kernel_size, bias=False)
 
 
 class MLP(nn.Sequential):

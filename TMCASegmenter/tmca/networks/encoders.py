@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from monai.networks.blocks import ResidualUnit
-from monai.networks.nets import EfficientNet
 from torch import nn
 
 from tmca.errors import TMCAError
 from tmca.networks.blocks import conv_block
+from tmca.networks.layers import ResidualUnit, efficientnet_trunk
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +85,17 @@ class EfficientNetLite0Encoder(nn.Module):
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, image_size: int = 224, pretrained: bool = True) -> None:
         super().__init__()
         self.input = RGBInput(in_channels)
-        net = EfficientNet(list(LITE0_BLOCKS), spatial_dims=spatial_dims, in_channels=3, image_size=image_size, drop_connect_rate=0.0)
-        _replace_swish_with_relu6(net)
+        trunk = efficientnet_trunk(list(LITE0_BLOCKS), spatial_dims=spatial_dims, in_channels=3, image_size=image_size)
         if pretrained:
             if spatial_dims != 2:
                 raise TMCAError("ImageNet weights exist for the 2D EfficientNet-Lite0 only; set encoder_pretrained=false for 3D")
             state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
-            net.load_state_dict(_rename_lite0_keys(state, [len(stage) for stage in net._blocks]), strict=True)
-        self.stem_padding = net._conv_stem_padding
-        self.stem = net._conv_stem
-        self.stem_norm = net._bn0
+            _load_lite0_trunk(trunk, _rename_lite0_keys(state, [len(stage) for stage in trunk.blocks]))
+        self.stem_padding = trunk.stem_padding
+        self.stem = trunk.stem
+        self.stem_norm = trunk.stem_norm
         self.stem_act = nn.ReLU6()
-        self.stages = net._blocks  # the classification head is not needed
+        self.stages = trunk.blocks  # the classification head is not needed
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem_act(self.stem_norm(self.stem(self.stem_padding(self.input(x)))))
@@ -109,10 +107,14 @@ class EfficientNetLite0Encoder(nn.Module):
         return outputs
 
 
-def _replace_swish_with_relu6(module: nn.Module) -> None:
-    for child in module.modules():
-        if hasattr(child, "_swish"):
-            child._swish = nn.ReLU6()
+_LITE0_HEAD_KEYS = ("_conv_head.", "_bn1.", "_fc.")
+
+
+def _load_lite0_trunk(trunk, state: dict[str, torch.Tensor]) -> None:
+    """Load the reference checkpoint's stem and blocks (all of them, strictly); its classification head is not used."""
+    holder = nn.Module()
+    holder._conv_stem, holder._bn0, holder._blocks = trunk.stem, trunk.stem_norm, trunk.blocks
+    holder.load_state_dict({k: v for k, v in state.items() if not k.startswith(_LITE0_HEAD_KEYS)}, strict=True)
 
 
 class ConvNeXtTinyEncoder(nn.Module):
@@ -146,7 +148,7 @@ class ConvNeXtTinyEncoder(nn.Module):
 
 
 class SmallEncoder(nn.Module):
-    """A light MONAI residual encoder for 2D or 3D and for fast tests (random init).
+    """A light residual encoder (MONAI-style residual units) for 2D or 3D and for fast tests (random init).
 
     Channels at strides 2, 4, 8, 16, 32: 16, 24, 32, 64, 128.
     """
@@ -157,7 +159,7 @@ class SmallEncoder(nn.Module):
         super().__init__()
         widths = (in_channels,) + self.channels
         self.stages = nn.ModuleList(
-            ResidualUnit(spatial_dims, widths[i], widths[i + 1], strides=2, kernel_size=3, subunits=2, norm="BATCH", act="RELU")
+            ResidualUnit(spatial_dims, widths[i], widths[i + 1], strides=2, kernel_size=3, subunits=2)
             for i in range(5)
         )
 

@@ -4,8 +4,9 @@ symmetric constant padding moved into the convolution, and activations computed 
 from __future__ import annotations
 
 import torch
-from monai.networks.blocks import Convolution
 from torch import nn
+
+from tmca.networks.layers import Convolution
 
 _CONV = (nn.Conv2d, nn.Conv3d)
 _NORM = (nn.BatchNorm2d, nn.BatchNorm3d)

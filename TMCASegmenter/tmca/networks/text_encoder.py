@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tmca.errors import TMCAError
+from tmca.networks.bert import load_bert_folder
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,18 @@ def resolve_text_encoder_path(reference: str) -> Path:
     return path
 
 
+def _load_with_transformers(path: Path):
+    """Any transformers AutoModel folder (read offline)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True), AutoModel.from_pretrained(str(path), local_files_only=True)
+
+
 class FrozenTextEncoder(nn.Module):
     """Tokenise and encode reports with a frozen transformer.
 
@@ -68,18 +81,14 @@ class FrozenTextEncoder(nn.Module):
 
     def __init__(self, reference: str = DEFAULT_TEXT_ENCODER, max_length: int = 64, cache_size: int = 4096) -> None:
         super().__init__()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         path = resolve_text_encoder_path(reference)
         self.reference = reference
         self.max_length = max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        bert = load_bert_folder(path)  # plain BERT folders (the default MiniLM): no transformers import
+        if bert is not None:
+            self.tokenizer, self.model = bert
+        else:
+            self.tokenizer, self.model = _load_with_transformers(path)
         self.model.requires_grad_(False)
         self.model.eval()
         self.hidden_size = int(self.model.config.hidden_size)

@@ -371,6 +371,7 @@ def run_batch(
     progress: ProgressCallback | None = None,
     batch_size: int | None = None,
     dicom_seg: bool = False,
+    backend: str = "eager",
 ) -> list[dict[str, Any]]:
     """Segment every case of ``study_dir`` into ``output_dir``; return the summary rows.
 
@@ -382,7 +383,7 @@ def run_batch(
     the reports do not name uses its sidecar ``<case>.txt`` (beside the image or in the study
     folder). shard: ``"I/N"`` or a :class:`Shard`. progress(done, total, stage, **extra) is
     called before and after every case (extra: ``case``; when it is done ``status``, and ``error``
-    when it failed).
+    when it failed). backend: the engine's inference backend (see :class:`tmca.inference.Segmenter`).
 
     Raises ``TMCAError`` for a bad study folder, reports CSV, model, device or shard, and
     ``CancelledError`` (after recording the summary) when interrupted. Failing cases do not
@@ -404,7 +405,7 @@ def run_batch(
     run = _BatchRun(
         study=study, output=_output_folder(output_dir), cases=shard.select(cases) if shard else cases, reports=listed,
         shard=shard, model_path=model_path, device=device, threshold=threshold, probability=bool(probability),
-        overwrite=bool(overwrite), fail_fast=bool(fail_fast), batch_size=batch_size,
+        overwrite=bool(overwrite), fail_fast=bool(fail_fast), batch_size=batch_size, backend=backend,
         settings_sha256=_settings_sha256(model_path, threshold), dicom_seg=bool(dicom_seg),
     )  # fmt: skip
     return run.execute(progress or (lambda done, total, stage, **extra: None))
@@ -452,6 +453,7 @@ class _BatchRun:
     batch_size: int | None
     settings_sha256: str
     dicom_seg: bool = False
+    backend: str = "eager"
     rows: list[dict[str, Any]] = field(default_factory=list)
     segmenter: Any = field(default=None, repr=False)
 
@@ -602,7 +604,7 @@ class _BatchRun:
             from tmca.inference import Segmenter
 
             progress(done, len(self.cases), "loading model")
-            self.segmenter = Segmenter(self.model_path, device=self.device, batch_size=self.batch_size)
+            self.segmenter = Segmenter(self.model_path, device=self.device, batch_size=self.batch_size, backend=self.backend)
         return self.segmenter
 
     # -- resume state --------------------------------------------------------------------------

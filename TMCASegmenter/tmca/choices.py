@@ -1,4 +1,4 @@
-"""The values a user chooses among: devices, modalities and slicing planes, each validated once.
+"""The values a user chooses among: devices, backends, modalities and slicing planes, each validated once.
 
 The command line (argparse ``choices`` and ``type``), the Python API (:class:`tmca.inference.Segmenter`,
 :func:`tmca.batch.run_batch`, :mod:`tmca.synth`), the model config and the Slicer module all use
@@ -26,6 +26,10 @@ DICOM_MODALITY = {
 }
 """DICOM Modality (0008,0060) codes -> :data:`MODALITIES`."""
 
+BACKENDS = ("auto", "eager", "onnx")
+"""Inference backends (:mod:`tmca.backends`): ``eager`` PyTorch, ``onnx`` ONNX Runtime (CPU, 2D models),
+``auto`` onnx where it applies, else eager."""
+
 PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
 """Slicing plane -> the numpy (z, y, x) axis its 2D slices walk along."""
 PLANES = tuple(PLANE_AXIS)
@@ -38,6 +42,14 @@ def check_device(name: str | None) -> str:
     if device in DEVICES or (device.startswith("cuda:") and index.isdigit()):
         return device
     raise TMCAError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)} (or cuda:N for GPU N)")
+
+
+def check_backend(name: str) -> str:
+    """``name`` lower-cased, one of :data:`BACKENDS`, else TMCAError."""
+    backend = str(name).strip().lower()
+    if backend not in BACKENDS:
+        raise TMCAError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return backend
 
 
 def check_modality(name: str, allowed: tuple[str, ...] = MODALITIES) -> str:

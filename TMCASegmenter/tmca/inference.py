@@ -19,6 +19,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from tmca.backends import make_runner
 from tmca.checkpoint import load_checkpoint
 from tmca.choices import PLANE_AXIS, check_modality, check_plane
 from tmca.devices import resolve_device
@@ -156,9 +157,11 @@ class Segmenter:
     model (a 3D checkpoint raises TMCAError: tmca segments slice by slice).
     device: "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps".
     batch_size: slices per forward pass (None: 16 on CPU, 64 on a GPU).
+    backend: "eager" (PyTorch), "onnx" (ONNX Runtime, CPU, 2D models; exported once per checkpoint and
+    cached) or "auto" (onnx where it applies, else eager); see :mod:`tmca.backends`.
     """
 
-    def __init__(self, model: str | Path | None = None, device: str = "auto", batch_size: int | None = None) -> None:
+    def __init__(self, model: str | Path | None = None, device: str = "auto", batch_size: int | None = None, backend: str = "eager") -> None:
         self.model_path = resolve_model(model)
         self.device = resolve_device(device)
         self.model, self.checkpoint = load_checkpoint(self.model_path, self.device)
@@ -173,6 +176,7 @@ class Segmenter:
         self.batch_size = batch_size or (16 if self.device.type == "cpu" else 64)
         if self.batch_size < 1:
             raise TMCAError(f"batch size must be at least 1, not {batch_size}")
+        self.runner = make_runner(backend, self.model, self.model_path, self.device)
 
     def segment(
         self,
@@ -268,13 +272,13 @@ class Segmenter:
         with torch.inference_mode(), self._autocast():
             x = model_input(torch.from_numpy(np.ascontiguousarray(slices)).to(self.device, torch.float32), self.config.image_size)
             x = x.contiguous(memory_format=torch.channels_last)
-            features = self.model.encoder(x)
+            features = self.runner.encode(x)
             probabilities, relevance = [], []
             for text in texts:
-                output = self.model.decode(features, x, None if text is None else text.expand(x.shape[0]), with_alignment=False)
-                probabilities.append(_resize_sigmoid(output.logits, size))
+                logits, last_relevance = self.runner.decode(features, x, None if text is None else text.expand(x.shape[0]))
+                probabilities.append(_resize_sigmoid(logits, size))
                 if with_relevance:
-                    relevance.append(_resize_sigmoid(output.relevance[-1], size) if output.relevance else torch.zeros_like(probabilities[-1]))
+                    relevance.append(_resize_sigmoid(last_relevance, size) if last_relevance is not None else torch.zeros_like(probabilities[-1]))
         return torch.stack(probabilities).cpu().numpy(), torch.stack(relevance).cpu().numpy() if with_relevance else None
 
     def _autocast(self):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from tmca.choices import DEVICES, MODALITIES, PLANES, check_device, check_modality, check_plane
+from tmca.choices import BACKENDS, DEVICES, MODALITIES, PLANES, check_backend, check_device, check_modality, check_plane
 from tmca.errors import TMCAError
 
 
@@ -29,6 +29,12 @@ def argument_type(check: Callable[[str], str]) -> Callable[[str], str]:
 def add_device(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
     parser.add_argument("--device", default=default, type=argument_type(check_device), metavar="DEVICE",
                         help=f"one of {', '.join(DEVICES)}, or cuda:N (default {default or 'auto'})")
+
+
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="auto", type=argument_type(check_backend), metavar="BACKEND",
+                        help=f"one of {', '.join(BACKENDS)} (default auto: ONNX Runtime for 2D models on the CPU, "
+                             "exported once per model and cached; eager: PyTorch)")
 
 
 def add_modality(parser: argparse.ArgumentParser, help: str, allowed: tuple[str, ...] = MODALITIES, default: str | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tmca.commands.arguments import add_device, add_modality, add_plane, add_progress
+from tmca.commands.arguments import add_backend, add_device, add_modality, add_plane, add_progress
 from tmca.errors import TMCAError
 from tmca.formats import READABLE_TEXT, SEGMENTATION_SUFFIXES, WRITABLE_VOLUME_SUFFIXES
 from tmca.outputs import check_output_name, check_outputs_apart
@@ -32,6 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_device(parser)
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     parser.add_argument("--batch-size", type=int, help="slices per forward pass (default 16 on CPU, 64 on GPU)")
+    add_backend(parser)
     add_plane(parser, "slicing plane for 2D models (default: the plane the model was trained on)")
     parser.add_argument("--series", help="DICOM SeriesInstanceUID to use when a folder holds several series")
     add_modality(parser, "override the image's modality")
@@ -119,7 +120,7 @@ def segment_to_files(args: argparse.Namespace, report: str, progress):
     from tmca.inference import Segmenter
 
     progress(0, 1, "loading model")
-    segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch_size)
+    segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch_size, backend=args.backend)
     result = segmenter.segment(
         args.input,
         report,

@@ -1,0 +1,137 @@
+"""Inference backends: ONNX Runtime against eager PyTorch (masks and probabilities), and its export cache
+(reused when valid, rebuilt when stale or modified, user cache when the model folder cannot be written)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from datapaths import real_data_file
+from tmca import backends
+from tmca.errors import TMCAError
+from tmca.inference import Segmenter
+from tmca.metrics import dice
+
+pytest.importorskip("onnxruntime")
+
+REPORT = "Small nodule in the upper left lung. Large consolidation in the lower right lung with effusion."
+
+
+def _compare(eager, other, image, report, **options):
+    a = eager.segment(image, report, with_relevance=True, **options)
+    b = other.segment(image, report, with_relevance=True, **options)
+    assert a.probabilities.shape == b.probabilities.shape
+    return [dice(x, y) for x, y in zip(a.masks, b.masks)], float(np.abs(a.probabilities - b.probabilities).max()), float(np.abs(a.relevance - b.relevance).max())
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path):
+    return shutil.copytree(tiny_model_dir, tmp_path / "model")
+
+
+def test_onnx_matches_eager_on_a_real_mri(model_copy):
+    image = real_data_file("brain1_image.nrrd")
+    eager = Segmenter(model_copy, device="cpu", batch_size=4, backend="eager")
+    onnx = Segmenter(model_copy, device="cpu", batch_size=4, backend="onnx")  # 25 slices: batches of 4 and a last one of 1
+    assert onnx.runner.name == "onnx" and eager.runner.name == "eager"
+    dices, max_probability, max_relevance = _compare(eager, onnx, image, REPORT, plane="axial")  # two findings, different lengths
+    assert len(dices) == 2 and min(dices) >= 0.99, dices
+    assert max_probability < 1e-3 and max_relevance < 1e-3
+
+
+def test_onnx_matches_eager_with_the_demo_model(tmp_path):
+    from tmca.models import default_model_path
+
+    demo = default_model_path()
+    if demo is None:
+        pytest.skip("the bundled demo model is not installed")
+    model = shutil.copytree(demo, tmp_path / "demo", ignore=shutil.ignore_patterns(".tmca-cache"))
+    done = subprocess.run(
+        [sys.executable, "-m", "tmca.cli", "synth", "--output", str(tmp_path / "data"), "--cases", "1", "--modality", "ct", "--dims", "3", "--seed", "7"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    image = sitk.ReadImage(str(next((tmp_path / "data" / "images").glob("*.nii.gz"))), sitk.sitkFloat32)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(next((tmp_path / "data" / "masks").glob("*.nii.gz")))))
+    rows = np.flatnonzero(truth.any(axis=(0, 2)))  # the coronal slices (the demo model's plane) that hold lesions
+    image = image[:, int(rows.min()) : int(rows.max()) + 1, :]
+    report = next((tmp_path / "data" / "reports").glob("*.txt")).read_text()
+    eager = Segmenter(model, device="cpu", backend="eager")
+    onnx = Segmenter(model, device="cpu", backend="onnx")
+    result = eager.segment(image, report)
+    assert result.masks.any(), "the demo case should give a mask"
+    dices, max_probability, _ = _compare(eager, onnx, image, report)
+    assert min(dices) >= 0.99, dices
+    assert max_probability < 1e-3
+
+
+def test_export_is_cached_verified_and_rebuilt_when_stale(model_copy, monkeypatch):
+    first = Segmenter(model_copy, device="cpu", backend="onnx").runner.folder
+    assert first == model_copy / ".tmca-cache" / "onnx"
+    manifest = json.loads((first / "manifest.json").read_text())
+    assert manifest["checkpoint"]["model.safetensors"] == json.loads((model_copy / "manifest.json").read_text())["files"]["model.safetensors"]["sha256"]
+
+    calls = []
+    real_export = backends._export
+    monkeypatch.setattr(backends, "_export", lambda *args: (calls.append(1), real_export(*args)))
+    Segmenter(model_copy, device="cpu", backend="onnx")
+    assert calls == []  # a valid cache is reused
+
+    with open(first / "decoder.onnx", "ab") as stream:  # modified after the export
+        stream.write(b"\0")
+    Segmenter(model_copy, device="cpu", backend="onnx")
+    assert calls == [1]
+
+
+def test_export_of_another_checkpoint_is_not_used(model_copy, tiny_model_dir, tmp_path, monkeypatch):
+    from tmca.checkpoint import load_checkpoint, save_checkpoint
+
+    Segmenter(model_copy, device="cpu", backend="onnx")
+    other = tmp_path / "other"
+    model, _ = load_checkpoint(tiny_model_dir)
+    with torch.no_grad():
+        model.decoder.head.bias.add_(1.0)
+    save_checkpoint(other, model)
+    shutil.copytree(model_copy / ".tmca-cache", other / ".tmca-cache")  # a cache copied along from another model
+    calls = []
+    real_export = backends._export
+    monkeypatch.setattr(backends, "_export", lambda *args: (calls.append(1), real_export(*args)))
+    eager = Segmenter(other, device="cpu", backend="eager")
+    onnx = Segmenter(other, device="cpu", backend="onnx")
+    assert calls == [1]
+    volume = sitk.GetImageFromArray(np.random.default_rng(0).random((3, 40, 40), dtype=np.float32))
+    a, b = eager.segment(volume, REPORT), onnx.segment(volume, REPORT)
+    assert np.abs(a.probabilities - b.probabilities).max() < 1e-3
+
+
+def test_read_only_model_folder_uses_the_user_cache(model_copy, tmp_path, monkeypatch):
+    (model_copy / ".tmca-cache").write_text("not a folder")  # the cache cannot be created beside the model
+    monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path / "user-cache"))
+    folder = Segmenter(model_copy, device="cpu", backend="onnx").runner.folder
+    assert folder.is_relative_to(tmp_path / "user-cache")
+    assert (folder / "manifest.json").is_file()
+
+
+def test_backend_choice():
+    from tmca.config import TMCAConfig
+
+    class Model:
+        config = TMCAConfig(encoder="small", encoder_pretrained=False, spatial_dims=3, image_size=32)
+
+    assert backends.resolve_backend("auto", Model(), torch.device("cpu")) == "eager"  # 3D
+    with pytest.raises(TMCAError, match="2D"):
+        backends.resolve_backend("onnx", Model(), torch.device("cpu"))
+    Model.config = TMCAConfig(encoder="small", encoder_pretrained=False)
+    assert backends.resolve_backend("auto", Model(), torch.device("cpu")) == "onnx"
+    assert backends.resolve_backend("auto", Model(), torch.device("cuda")) == "eager"
+    with pytest.raises(TMCAError, match="CPU"):
+        backends.resolve_backend("onnx", Model(), torch.device("cuda"))
+    with pytest.raises(TMCAError, match="unknown backend"):
+        backends.check_backend("tensorrt")

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from scipy import ndimage
 
 from tmca.atomic import atomic_path, write_text_atomic
 from tmca.choices import SYNTH_MODALITIES, check_modality
@@ -128,6 +127,13 @@ class SynthCase:
 # ---------------------------------------------------------------------------------------------
 # Reports
 
+
+
+def _gaussian_filter(*args, **kwargs) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter, imported when first used (the command line imports this module for its defaults)."""
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(*args, **kwargs)
 
 def report_styles(modality: str) -> tuple[str, ...]:
     """The report styles the generator uses for ``modality`` (any case)."""
@@ -218,7 +224,7 @@ def _ellipse_depth(u: np.ndarray, v: np.ndarray, cu: float, cv: float, a: float,
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float | Sequence[float]) -> np.ndarray:
     """Gaussian-smoothed white noise rescaled to zero mean and unit std, float32 of ``shape``."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, mode="wrap")
+    field = _gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, mode="wrap")
     return ((field - field.mean()) / (field.std() + 1e-6)).astype(np.float32)
 
 
@@ -615,8 +621,8 @@ class _Ultrasound:
 
     def finish(self, field: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         """Fully developed speckle (smoothed complex Gaussian -> Rayleigh), depth gain, 0..255."""
-        real = ndimage.gaussian_filter(rng.standard_normal(field.shape, dtype=np.float32), self.speckle_sigma)
-        imaginary = ndimage.gaussian_filter(rng.standard_normal(field.shape, dtype=np.float32), self.speckle_sigma)
+        real = _gaussian_filter(rng.standard_normal(field.shape, dtype=np.float32), self.speckle_sigma)
+        imaginary = _gaussian_filter(rng.standard_normal(field.shape, dtype=np.float32), self.speckle_sigma)
         speckle = np.sqrt(real**2 + imaginary**2)
         speckle /= speckle[self.fan].mean() + 1e-6
         gain = 1.05 - 0.12 * self.radius
@@ -731,7 +737,7 @@ def _add_lesions(
         size_word = str(rng.choice(SIZE_WORDS))
         radius_mm = rng.uniform(*VOCABULARY[modality].radius_mm[size_word])
         box, local, centre = _grow_lesion(rng, cell, radius_mm, phantom.grid)
-        weight = np.maximum(local, ndimage.gaussian_filter(local.astype(np.float32), 0.7))  # full inside, soft edge outside
+        weight = np.maximum(local, _gaussian_filter(local.astype(np.float32), 0.7))  # full inside, soft edge outside
         region = field[box]
         phantom.paint(region, weight, rng)
         mask = np.zeros(field.shape, dtype=bool)

@@ -54,11 +54,15 @@ class BertConfig:
 
 
 class _Embeddings(nn.Module):
-    def __init__(self, config: BertConfig) -> None:
+    def __init__(self, config: BertConfig, initialise: bool = True) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        # initialise=False: tables left uninitialised, for weights loaded right after (an embedding's
+        # random init on the meta device would import torch's compiler)
+        table = (lambda *size: None) if initialise else (lambda *size: torch.empty(*size))  # noqa: E731
+        hidden = config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, hidden, padding_idx=config.pad_token_id, _weight=table(config.vocab_size, hidden))
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, hidden, _weight=table(config.max_position_embeddings, hidden))
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, hidden, _weight=table(config.type_vocab_size, hidden))
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
@@ -138,14 +142,16 @@ class BertOutput:
 class BertEncoder(nn.Module):
     """BERT's embeddings and encoder (no pooler), with the weight names of ``transformers.BertModel``.
 
+    ``initialise=False`` leaves the embedding tables uninitialised (for weights loaded right after).
+
     ``forward(input_ids, attention_mask, token_type_ids=None)`` returns an object with
     ``last_hidden_state`` (B, L, hidden), like ``BertModel``'s output.
     """
 
-    def __init__(self, config: BertConfig) -> None:
+    def __init__(self, config: BertConfig, initialise: bool = True) -> None:
         super().__init__()
         self.config = config
-        self.embeddings = _Embeddings(config)
+        self.embeddings = _Embeddings(config, initialise)
         self.encoder = _Encoder(config)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> BertOutput:
@@ -222,11 +228,12 @@ def load_bert_folder(folder: Path) -> tuple[BertTokenizer, BertEncoder] | None:
     state = load_file(str(weights))
     if not any(key.startswith("embeddings.") for key in state) and any(key.startswith("bert.embeddings.") for key in state):
         state = {key[len("bert."):]: value for key, value in state.items() if key.startswith("bert.")}
-    model = BertEncoder(config)
+    with torch.device("meta"):  # no random initialisation: every weight comes from the file
+        model = BertEncoder(config, initialise=False)
     expected = set(model.state_dict())
     missing = expected - set(state)
     if missing:
         log.debug("BERT folder %s lacks %d weights (e.g. %s); using transformers", folder, len(missing), sorted(missing)[:3])
         return None
-    model.load_state_dict({key: state[key] for key in expected}, strict=True)
+    model.load_state_dict({key: state[key].float() for key in expected}, strict=True, assign=True)
     return BertTokenizer(tokenizer_file), model.eval()

@@ -19,10 +19,10 @@ _MBCONV_PAIRS = (("_expand_conv", "_bn0", "_expand_conv_padding"), ("_depthwise_
 def fold_batch_norm(conv: nn.Module, norm: nn.Module) -> nn.Module:
     """A convolution equal to ``norm(conv(x))`` for a batch norm in eval mode."""
     scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-    fused = nn.utils.skip_init(  # no random initialisation: every weight is written below
-        type(conv), conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
-        bias=True, padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype,
-    )
+    fused = type(conv)(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, bias=True,
+        padding_mode=conv.padding_mode,
+    ).to(conv.weight.device, conv.weight.dtype)
     fused.weight.copy_(conv.weight * scale.reshape(-1, *([1] * (conv.weight.ndim - 1))))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
     fused.bias.copy_(norm.bias + (bias - norm.running_mean) * scale)

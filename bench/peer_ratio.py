@@ -1,11 +1,11 @@
 """TMCA against the published text-guided model (GuideDecoder), timed in alternating rounds in one process.
 
-    python bench/peer_ratio.py [--batches 8 16] [--rounds 6] [--size 224] [--backend eager]
+    python bench/peer_ratio.py [--batches 8 16] [--rounds 6] [--size 224] [--backends eager onnx]
 
 Both models have random weights (the architecture, not the weights, sets the speed), run in eval
 mode under ``torch.inference_mode`` in fp32 on the same threads, on 224 x 224 single-channel slices.
-Rounds alternate (peer, TMCA, peer, TMCA, ...) so that load from other processes on a shared
-machine hits both alike; the ratio of the medians is the result.
+Rounds alternate (peer, TMCA per backend, peer, ...) so that load from other processes on a shared
+machine hits all alike; the ratio of the medians is the result.
 
 The published model ("Ariadne's Thread", Zhong et al., MICCAI 2023; code: LanGuideMedSeg-MICCAI2023,
 ``net/model.py`` and ``net/decoder.py``), rebuilt from its public code with the sizes it uses:
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
 import tempfile
@@ -164,8 +165,7 @@ class TMCARound:
         from tmca.findings import split_findings
         from tmca.inference import Segmenter
 
-        kwargs = {} if backend == "eager" else {"backend": backend}
-        self.segmenter = Segmenter(folder, device="cpu", batch_size=batch, **kwargs)
+        self.segmenter = Segmenter(folder, device="cpu", batch_size=batch, backend=backend)
         self.findings = split_findings(REPORT)[:1]
         self.slices = np.random.default_rng(0).random((batch, size, size), dtype=np.float32)
         self.size = (size, size)
@@ -197,10 +197,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--rounds", type=int, default=6, help="timed rounds per model and batch size (after one warm-up)")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--backend", default="eager", help="TMCA inference backend (see tmca segment --backend)")
+    parser.add_argument("--backends", nargs="+", default=["eager", "onnx"], help="TMCA inference backends (see tmca segment --backend)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, python {platform.python_version()}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+          f"python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     peer = PublishedGuideDecoderModel(args.size).eval()
     peer_parameters = sum(p.numel() for p in peer.parameters())
     with tempfile.TemporaryDirectory() as scratch:
@@ -208,25 +209,26 @@ def main() -> None:
         for batch in args.batches:
             image = torch.rand(batch, 1, args.size, args.size)
             ids, mask = published_tokens(batch)
-            tmca = TMCARound(folder, batch, args.size, args.backend)
+            runs = {backend: TMCARound(folder, batch, args.size, backend) for backend in args.backends}
             if batch == args.batches[0]:
-                tmca_parameters = sum(p.numel() for p in tmca.segmenter.model.parameters())
+                tmca_parameters = sum(p.numel() for p in next(iter(runs.values())).segmenter.model.parameters())
                 print(f"parameters: published {peer_parameters / 1e6:.1f} M, TMCA {tmca_parameters / 1e6:.1f} M (both incl. text encoders)")
             with torch.inference_mode():
                 peer_run = lambda: peer(image, ids, mask)  # noqa: E731
-                peer_run(), tmca()  # warm-up
-                peer_times, tmca_times = [], []
+                peer_run()  # warm-up
+                for run in runs.values():
+                    run()
+                peer_times, times = [], {backend: [] for backend in runs}
                 for _ in range(args.rounds):
                     peer_times.append(timed(peer_run))
-                    tmca_times.append(timed(tmca))
+                    for backend, run in runs.items():
+                        times[backend].append(timed(run))
             peer_rate = batch / statistics.median(peer_times)
-            tmca_rate = batch / statistics.median(tmca_times)
-            print(
-                f"batch {batch:3d}: published {peer_rate:6.2f} slices/s (best {batch / min(peer_times):.2f}), "
-                f"TMCA [{args.backend}] {tmca_rate:6.2f} slices/s (best {batch / min(tmca_times):.2f}), "
-                f"ratio {tmca_rate / peer_rate:.1f}x (medians of {args.rounds} alternating rounds)",
-                flush=True,
-            )
+            line = f"batch {batch:3d}: published {peer_rate:6.2f} slices/s"
+            for backend, backend_times in times.items():
+                rate = batch / statistics.median(backend_times)
+                line += f"; TMCA {backend} {rate:6.2f} slices/s, ratio {rate / peer_rate:.1f}x"
+            print(f"{line} (medians of {args.rounds} alternating rounds; load average {os.getloadavg()[0]:.2f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -127,8 +127,9 @@ def _export_identity(model_path: Path) -> dict[str, Any]:
 
 
 def _cache_candidates(model_path: Path) -> list[Path]:
-    weights = _checkpoint_identity(model_path)
-    tag = next(iter(sorted(weights.values())))[:16]
+    from tmca.checkpoint import WEIGHTS_FILE
+
+    tag = _checkpoint_identity(model_path)[WEIGHTS_FILE][:16]
     return [model_path / ".tmca-cache" / "onnx", user_cache_dir() / "onnx" / f"{model_path.name}-{tag}"]
 
 
@@ -242,6 +243,7 @@ class OnnxRunner:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        options.enable_cpu_mem_arena = False  # the arena kept ~0.5 GB after the batches: the 512 CT peaked over 2 GB
         providers = ["CPUExecutionProvider"]
         self.encoder = onnxruntime.InferenceSession(str(self.folder / "encoder.onnx"), options, providers=providers)
         self.decoder = onnxruntime.InferenceSession(str(self.folder / "decoder.onnx"), options, providers=providers)

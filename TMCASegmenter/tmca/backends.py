@@ -3,7 +3,7 @@
 - ``eager``: the PyTorch modules themselves (every device; always available).
 - ``onnx``: ONNX Runtime on the CPU. The encoder and the decoder are exported once per checkpoint
   to ONNX (``encoder.onnx``, ``decoder.onnx``) and cached beside it in ``<model>/.tmca-cache/onnx``,
-  or, when the model folder is read-only, in the user cache (``$TMCA_CACHE_DIR``, else
+  or, for the bundled demo model and when the model folder is read-only, in the user cache (``$TMCA_CACHE_DIR``, else
   ``$XDG_CACHE_HOME/tmca`` or ``~/.cache/tmca``). The cache's ``manifest.json`` records the sha256 of
   the checkpoint's files it was built from and of each exported file; a cache that does not match
   (another checkpoint, a modified or truncated file, another torch or format version) is rebuilt.
@@ -129,8 +129,14 @@ def _export_identity(model_path: Path) -> dict[str, Any]:
 def _cache_candidates(model_path: Path) -> list[Path]:
     from tmca.checkpoint import WEIGHTS_FILE
 
+    from tmca.models import default_model_path
+
     tag = _checkpoint_identity(model_path)[WEIGHTS_FILE][:16]
-    return [model_path / ".tmca-cache" / "onnx", user_cache_dir() / "onnx" / f"{model_path.name}-{tag}"]
+    user = user_cache_dir() / "onnx" / f"{model_path.name}-{tag}"
+    bundled = default_model_path()
+    if bundled is not None and model_path.resolve() == bundled.resolve():
+        return [user]  # the bundled demo model is part of the installation (Slicer's Resources): leave its folder as shipped
+    return [model_path / ".tmca-cache" / "onnx", user]
 
 
 def _valid_cache(folder: Path, identity: dict[str, Any]) -> bool:

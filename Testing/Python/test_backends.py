@@ -135,3 +135,13 @@ def test_backend_choice():
         backends.resolve_backend("onnx", Model(), torch.device("cuda"))
     with pytest.raises(TMCAError, match="unknown backend"):
         backends.check_backend("tensorrt")
+
+
+def test_the_bundled_model_is_exported_to_the_user_cache(tmp_path, monkeypatch):
+    from tmca.models import default_model_path
+
+    demo = default_model_path()
+    if demo is None:
+        pytest.skip("the bundled demo model is not installed")
+    monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path))
+    assert [folder.is_relative_to(tmp_path) for folder in backends._cache_candidates(demo)] == [True]

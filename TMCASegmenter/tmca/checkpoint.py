@@ -126,6 +126,8 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu", text
     pretrained, config.encoder_pretrained = config.encoder_pretrained, False  # the weights come from the checkpoint
     try:
         model = TMCANet(config, text_encoder)
+    except (ValueError, OSError) as error:  # the networks' library errors, for the user
+        raise TMCAError(f"model folder {folder}: cannot build its network ({error})") from error
     finally:
         config.encoder_pretrained = pretrained  # the model keeps this config: it says how the model was trained
     try:

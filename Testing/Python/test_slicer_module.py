@@ -386,3 +386,44 @@ def test_architecture_map_lists_every_lib_module():
         if path.stem != "__init__":
             assert f"`{path.name}`" in architecture, path.name
     assert "slicer_support" not in architecture
+
+
+# --------------------------------------------------------------------------- issue 14: Save correction
+
+
+def test_save_correction_is_usable_from_the_console():
+    save = _method("TMCASegmenterLogic", "saveCorrection")
+    assert [a.arg for a in save.args.args[1:]] == ["inputVolume", "segmentation", "segmentId", "report", "dataset", "case"]
+    assert [ast.unparse(d) for d in save.args.defaults] == ["None", "None"]
+    many = _method("TMCASegmenterLogic", "saveCorrections")
+    assert "corrections.save_corrections" in _calls(many)
+    assert "slicer.util.arrayFromSegmentBinaryLabelmap" in _calls(many)
+    assert "self.caseId" in _calls(many) and "self.siteDatasetFolder" in _calls(many)
+
+
+def test_the_site_dataset_folder_is_a_setting_beside_slicers_settings():
+    folder = ast.unparse(_method("TMCASegmenterLogic", "siteDatasetFolder"))
+    assert "qt.QSettings().value(corrections.SITE_DATASET_SETTING)" in folder
+    assert "corrections.default_dataset_folder(slicer.app.slicerUserSettingsFilePath)" in folder
+    assert "qt.QSettings().setValue" in ast.unparse(_method("TMCASegmenterLogic", "setSiteDatasetFolder"))
+    widgets = _ui_widgets()
+    assert widgets["siteDatasetPathLineEdit"].get("class") == "ctkPathLineEdit"
+    learn = widgets["learnCollapsibleButton"]
+    assert learn.get("class") == "ctkCollapsibleButton"
+    assert {w.get("name") for w in learn.iter("widget")} >= {"siteDatasetPathLineEdit", "siteDatasetCountLabel"}
+
+
+def test_the_case_id_is_the_series_uid_slicer_stores_on_the_subject_hierarchy_item():
+    """DICOMLib's DICOMPlugin.addSeriesInSubjectHierarchy stores SeriesInstanceUID as the item's UID named GetDICOMUIDName()."""
+    case = ast.unparse(_method("TMCASegmenterLogic", "caseId"))
+    assert "shNode.GetItemUID(item, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMUIDName())" in case
+    assert "corrections.case_id" in case
+
+
+def test_the_save_button_saves_the_selected_rows_and_shows_errors():
+    handler = _method("TMCASegmenterWidget", "onSaveCorrection")
+    assert {"corrections.chosen_corrections", "self.logic.saveCorrections", "slicer.util.errorDisplay",
+            "self._showSiteDatasetCount"} <= _calls(handler)
+    assert any(isinstance(n, ast.ExceptHandler) and ast.unparse(n.type) == "TMCAError" for n in ast.walk(handler))
+    assert "self.ui.statusLabel.text" in ast.unparse(handler)
+    assert "saveCorrectionButton" in ast.unparse(_method("TMCASegmenterWidget", "_updateResultButtons"))

@@ -182,6 +182,7 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self) -> None:
         """Called each time the user opens this module."""
         self.initializeParameterNode()
+        self._showSiteDatasetCount()  # another Slicer may have saved corrections meanwhile
 
     def exit(self) -> None:
         """Called each time the user opens a different module."""

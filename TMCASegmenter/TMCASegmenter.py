@@ -36,8 +36,8 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
-from TMCASegmenterLib import (batchfiles, commands, corrections, dependencies, geometry, paths, process as engineProcess,
-                              reports, results, segments, slicer_bridge, widgets)
+from TMCASegmenterLib import (batchfiles, commands, corrections, dependencies, dicom_export, geometry, paths,
+                              process as engineProcess, reports, results, segments, slicer_bridge, widgets)
 from TMCASegmenterLib.poller import ProcessPoller
 from tmca.errors import TMCAError
 from tmca.metrics import dice
@@ -157,6 +157,7 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditor)
         self.ui.show3DButton.connect("toggled(bool)", self.onShow3D)
         self.ui.saveCorrectionButton.connect("clicked(bool)", self.onSaveCorrection)
+        self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.ui.siteDatasetPathLineEdit.currentPath = self.logic.siteDatasetFolder()
         self.ui.siteDatasetPathLineEdit.connect("currentPathChanged(QString)", self.onSiteDatasetChanged)
         self._reportSync = widgets.PlainTextSync(self.ui.reportTextEdit, self._storeReport)
@@ -244,6 +245,10 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasOutput = self._parameterNode is not None and self._parameterNode.outputSegmentation is not None
         self.ui.editInSegmentEditorButton.enabled = hasOutput
         self.ui.saveCorrectionButton.enabled = hasOutput and bool(self._rows) and not self.logic.isRunning
+        route = self.logic.dicomSegRoute(self._parameterNode.inputVolume if self._parameterNode else None,
+                                         self._parameterNode.outputSegmentation if hasOutput else None)
+        self.ui.exportDicomSegButton.enabled = route.possible and not self.logic.isRunning
+        self.ui.exportDicomSegButton.toolTip = route.reason
 
     def _checkCanApply(self) -> None:
         if self.logic.isRunning:
@@ -364,6 +369,20 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Saved {count} correction(s) to the site dataset.").format(count=len(saved))
         self._showSiteDatasetCount()
 
+    def onExportDicomSeg(self) -> None:
+        """Write the last result as a DICOM SEG into a folder the user chooses."""
+        parameters = self._parameterNode
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export DICOM SEG to folder"))
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("DICOM SEG export failed."), waitCursor=True):
+            try:
+                written = self.logic.exportDicomSeg(parameters.inputVolume, parameters.outputSegmentation, folder)
+            except TMCAError as error:
+                self.ui.statusLabel.text = _("DICOM SEG not written: {error}").format(error=error)
+                raise
+            self.ui.statusLabel.text = _("DICOM SEG written to {path}.").format(path=written)
+
     def onSiteDatasetChanged(self, folder: str) -> None:
         """Remember the site dataset folder in the application settings."""
         self.logic.setSiteDatasetFolder(folder)
@@ -444,6 +463,7 @@ class _Run:
     completedCallback: Optional[Callable] = None
     show3D: bool = False
     poller: Optional[ProcessPoller] = None
+    model: Optional[str] = None
 
 
 @dataclass
@@ -466,6 +486,8 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         self._thresholdTarget: Optional[_ThresholdTarget] = None
         self.lastFindings: list = []
         self.lastSegmentIds: list = []  # the last findings' segments in the output segmentation
+        self.lastSegmentation = None
+        self.lastModel: Optional[str] = None  # the model folder of the last result; None: the bundled model
 
     def getParameterNode(self):
         return TMCASegmenterParameterNode(super().getParameterNode())
@@ -517,7 +539,7 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
             shutil.rmtree(tempDir, ignore_errors=True)
             raise
         self._run = _Run(process, inputVolume, outputSegmentation, outputPath, probabilityPath,
-                         progressCallback, completedCallback, show3D)
+                         progressCallback, completedCallback, show3D, model=model or None)
         if waitForCompletion:
             process.wait(on_poll=self._onEventsWhileWaiting)
             outcome = self._finishRun()
@@ -621,6 +643,7 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
                                  findings, imported)
         self.lastFindings = findings
         self.lastSegmentIds = [segmentId for findingIndex, segmentId in imported]
+        self.lastSegmentation, self.lastModel = segmentation, run.model
         return segmentation
 
     def _readSegmentationFile(self, path: str):
@@ -750,6 +773,69 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         image = corrections.scan_image(slicer.util.arrayFromVolume(inputVolume), volumeIjkToRas(inputVolume))
         return corrections.save_corrections(dataset or self.siteDatasetFolder(), image, items, readMask,
                                             case or self.caseId(inputVolume))
+
+    def dicomSegRoute(self, inputVolume, segmentation, lookUpFiles: bool = False) -> dicom_export.ExportRoute:
+        """How "Export DICOM SEG" would write the last result imported into ``segmentation`` (or why it cannot)."""
+        uids = dicom_export.instance_uids(inputVolume.GetAttribute("DICOM.instanceUIDs") if inputVolume else None)
+        hasResult = segmentation is not None and segmentation == self.lastSegmentation and bool(self.lastSegmentIds)
+        hasPlugin = dicom_export.PLUGIN_NAME in getattr(slicer.modules, "dicomPlugins", {})
+        files = self._dicomFiles(uids) if lookUpFiles else None
+        return dicom_export.export_route(hasResult, uids, hasPlugin, files)
+
+    @staticmethod
+    def _dicomFiles(instanceUids: list) -> list:
+        database = getattr(slicer, "dicomDatabase", None)
+        if database is None or not database.isOpen:
+            return []
+        return [database.fileForInstance(uid) for uid in instanceUids]
+
+    def exportDicomSeg(self, inputVolume, segmentation, folder: str) -> str:
+        """
+        Write the last result (its segments as corrected now) as a DICOM SEG into ``folder``.
+
+        Through Slicer's DICOM export when QuantitativeReporting's DICOM SEG plugin is installed (the
+        whole segmentation, added to the DICOM database), else with the engine's writer (the result's
+        findings, coded with their terminology). The input must have been loaded from DICOM.
+
+        :return: the written file (engine), or ``folder`` (Slicer's export names its own file)
+        :raises TMCAError: not DICOM, no result, images missing from the DICOM database, or the writer's message
+        """
+        route = self.dicomSegRoute(inputVolume, segmentation, lookUpFiles=True)
+        if not route.possible:
+            raise TMCAError(route.reason)
+        uids = dicom_export.instance_uids(inputVolume.GetAttribute("DICOM.instanceUIDs"))
+        present = [(finding, segmentId) for finding, segmentId in zip(self.lastFindings, self.lastSegmentIds)
+                   if segmentation.GetSegmentation().GetSegment(segmentId) is not None]
+        if route.way == dicom_export.SLICER:
+            return self._exportWithSlicer(inputVolume, segmentation, [segmentId for finding, segmentId in present], uids, folder)
+        masks = [slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume) for finding, segmentId in present]
+        path = os.path.join(folder, dicom_export.seg_file_name(inputVolume.GetName()))
+        return str(dicom_export.write_with_engine(path, masks, [finding for finding, segmentId in present],
+                                                  volumeIjkToRas(inputVolume), self._dicomFiles(uids), self.lastModel))
+
+    def _exportWithSlicer(self, inputVolume, segmentation, segmentIds: list, instanceUids: list, folder: str) -> str:
+        """QuantitativeReporting's plugin, called as Slicer's script repository shows (examineForExport, export)."""
+        self._placeInStudy(segmentation, inputVolume)
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        item = shNode.GetItemByDataNode(segmentation)
+        # examineForExport offers the segmentation only when this attribute lists images in the database
+        shNode.SetItemAttribute(item, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMReferencedInstanceUIDsAttributeName(),
+                                " ".join(instanceUids))
+        for segmentId in segmentIds:  # the exporter calls untagged segments MANUAL
+            segment = segmentation.GetSegmentation().GetSegment(segmentId)
+            segment.SetTag("DICOM.SegmentAlgorithmType", "SEMIAUTOMATIC")
+            segment.SetTag("DICOM.SegmentAlgorithmName", "TMCASegmenter")
+        plugin = slicer.modules.dicomPlugins[dicom_export.PLUGIN_NAME]()
+        exportables = plugin.examineForExport(item)
+        if not exportables:
+            raise TMCAError(_("Slicer's DICOM SEG export does not accept this segmentation."))
+        for exportable in exportables:
+            exportable.directory = folder
+            exportable.setTag("SeriesDescription", "TMCASegmenter findings")
+        error = plugin.export(exportables)
+        if error:
+            raise TMCAError(error)
+        return folder
 
     def editInSegmentEditor(self, segmentation, inputVolume) -> None:
         """Switch to Segment Editor with ``segmentation`` and ``inputVolume`` selected."""

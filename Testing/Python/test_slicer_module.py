@@ -427,3 +427,29 @@ def test_the_save_button_saves_the_selected_rows_and_shows_errors():
     assert any(isinstance(n, ast.ExceptHandler) and ast.unparse(n.type) == "TMCAError" for n in ast.walk(handler))
     assert "self.ui.statusLabel.text" in ast.unparse(handler)
     assert "saveCorrectionButton" in ast.unparse(_method("TMCASegmenterWidget", "_updateResultButtons"))
+
+
+# --------------------------------------------------------------------------- issue 15: Export DICOM SEG
+
+
+def test_export_dicom_seg_goes_through_the_plugin_or_the_engine():
+    export = _method("TMCASegmenterLogic", "exportDicomSeg")
+    assert {"self.dicomSegRoute", "self._exportWithSlicer", "dicom_export.write_with_engine",
+            "slicer.util.arrayFromSegmentBinaryLabelmap"} <= _calls(export)
+    assert "lookUpFiles=True" in ast.unparse(export)
+    slicerWay = _method("TMCASegmenterLogic", "_exportWithSlicer")
+    text = ast.unparse(slicerWay)
+    # QuantitativeReporting's DICOMSegmentationPlugin, as Slicer's script repository calls it
+    assert "slicer.modules.dicomPlugins[dicom_export.PLUGIN_NAME]()" in text
+    assert {"plugin.examineForExport", "plugin.export"} <= _calls(slicerWay)
+    assert "exportable.directory = folder" in text
+    assert "GetDICOMReferencedInstanceUIDsAttributeName()" in text  # what examineForExport checks
+    route = ast.unparse(_method("TMCASegmenterLogic", "dicomSegRoute"))
+    assert 'GetAttribute("DICOM.instanceUIDs")' in route and "dicom_export.export_route" in route
+
+
+def test_the_export_button_says_why_it_is_disabled():
+    buttons = ast.unparse(_method("TMCASegmenterWidget", "_updateResultButtons"))
+    assert "self.ui.exportDicomSegButton.enabled = route.possible" in buttons
+    assert "self.ui.exportDicomSegButton.toolTip = route.reason" in buttons
+    assert "self.logic.exportDicomSeg" in _calls(_method("TMCASegmenterWidget", "onExportDicomSeg"))

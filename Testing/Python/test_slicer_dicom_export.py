@@ -1,0 +1,67 @@
+"""Export DICOM SEG (issue #15, panel part): the choice of export way, and the engine's way for real."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from TMCASegmenterLib import dicom_export, geometry
+from tmca.errors import TMCAError
+from tmca.models import resolve_model
+
+UIDS = ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
+FILES = ["/db/dicom/a", "/db/dicom/b", "/db/dicom/c"]
+
+
+@pytest.mark.parametrize("has_result, uids, plugin, files, way, reason", [
+    (False, UIDS, True, FILES, "", "Segment a report first"),
+    (True, [], True, None, "", "not loaded from DICOM"),
+    (True, [], False, [], "", "Save the segmentation as .seg.nrrd instead"),
+    (True, UIDS, True, ["/db/a", "", "/db/c"], "", "1 of the input series' 3 images are not in Slicer's DICOM database"),
+    (True, UIDS, False, [], "", "3 of the input series' 3 images"),
+    (True, UIDS, True, FILES, dicom_export.SLICER, "QuantitativeReporting"),
+    (True, UIDS, True, None, dicom_export.SLICER, "Slicer's DICOM export"),
+    (True, UIDS, False, FILES, dicom_export.ENGINE, "with the TMCA engine"),
+    (True, UIDS, False, None, dicom_export.ENGINE, "install QuantitativeReporting"),
+])
+def test_export_route(has_result, uids, plugin, files, way, reason):
+    route = dicom_export.export_route(has_result, uids, plugin, files)
+    assert route.way == way and route.possible == bool(way)
+    assert reason in route.reason
+
+
+def test_instance_uids_come_from_the_space_separated_attribute():
+    assert dicom_export.instance_uids("1.2.3.1 1.2.3.2  1.2.3.3") == UIDS
+    assert dicom_export.instance_uids(None) == [] and dicom_export.instance_uids("") == []
+
+
+def test_seg_file_name_is_safe_on_every_file_system():
+    assert dicom_export.seg_file_name("3: CT chest") == "3_ CT chest TMCA SEG.dcm"
+    assert dicom_export.seg_file_name('a/b\\c?"d') == "a_b_c_d TMCA SEG.dcm"
+    assert dicom_export.seg_file_name("...") == "scan TMCA SEG.dcm"
+
+
+def test_the_model_identity_is_its_manifests_sha256_without_torch(tmp_path):
+    bundled = resolve_model(None)
+    expected = hashlib.sha256((bundled / "manifest.json").read_bytes()).hexdigest()
+    assert dicom_export.model_manifest_sha256(bundled) == expected
+    with pytest.raises(TMCAError, match="no readable manifest.json"):
+        dicom_export.model_manifest_sha256(tmp_path)
+
+
+def test_reference_image_has_the_scans_grid():
+    matrix = geometry.ijk_to_ras_from_geometry((-12.0, 30.0, 5.0), (0.7, 0.7, 3.0),
+                                               sitk.VersorTransform((0.0, 0.2, 1.0), 0.3).GetMatrix())
+    image = dicom_export.reference_image((6, 20, 30), matrix)
+    assert image.GetSize() == (30, 20, 6)
+    assert geometry.same_geometry(geometry.ijk_to_ras_matrix(image), matrix, tolerance=1e-6)
+
+
+def test_the_engine_way_refuses_a_result_without_segments(tmp_path):
+    with pytest.raises(TMCAError, match="only findings of absence"):
+        dicom_export.write_with_engine(tmp_path / "x.dcm", [], [], np.eye(4), [], None)
+    assert not (tmp_path / "x.dcm").exists()

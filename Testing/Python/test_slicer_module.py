@@ -445,7 +445,7 @@ def test_export_dicom_seg_goes_through_the_plugin_or_the_engine():
     assert "exportable.directory = folder" in text
     assert "GetDICOMReferencedInstanceUIDsAttributeName()" in text  # what examineForExport checks
     route = ast.unparse(_method("TMCASegmenterLogic", "dicomSegRoute"))
-    assert 'GetAttribute("DICOM.instanceUIDs")' in route and "dicom_export.export_route" in route
+    assert "GetAttribute('DICOM.instanceUIDs')" in route and "dicom_export.export_route" in route
 
 
 def test_the_export_button_says_why_it_is_disabled():

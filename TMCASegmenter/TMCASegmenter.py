@@ -354,20 +354,15 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Save the selected findings (all when none is selected) with their corrected segments to the site dataset."""
         parameters = self._parameterNode
         selected = [index.row() for index in self.ui.resultsTableWidget.selectionModel().selectedRows()]
-        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
-        try:
-            saved = self.logic.saveCorrections(parameters.inputVolume, parameters.outputSegmentation,
-                                               corrections.chosen_corrections(self._rows, selected))
-        except TMCAError as error:
-            saved, problem = [], str(error)
-        finally:
-            qt.QApplication.restoreOverrideCursor()
-        if not saved:
-            self.ui.statusLabel.text = _("Correction not saved: {error}").format(error=problem)
-            slicer.util.errorDisplay(_("The correction was not saved: {error}").format(error=problem))
-            return
-        self.ui.statusLabel.text = _("Saved {count} correction(s) to the site dataset.").format(count=len(saved))
-        self._showSiteDatasetCount()
+        with slicer.util.tryWithErrorDisplay(_("The correction was not saved."), waitCursor=True):
+            try:
+                saved = self.logic.saveCorrections(parameters.inputVolume, parameters.outputSegmentation,
+                                                   corrections.chosen_corrections(self._rows, selected))
+            except TMCAError as error:
+                self.ui.statusLabel.text = _("Correction not saved: {error}").format(error=error)
+                raise
+            self.ui.statusLabel.text = _("Saved {count} correction(s) to the site dataset.").format(count=len(saved))
+            self._showSiteDatasetCount()
 
     def onExportDicomSeg(self) -> None:
         """Write the last result as a DICOM SEG into a folder the user chooses."""

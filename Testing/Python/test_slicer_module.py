@@ -422,7 +422,7 @@ def test_the_case_id_is_the_series_uid_slicer_stores_on_the_subject_hierarchy_it
 
 def test_the_save_button_saves_the_selected_rows_and_shows_errors():
     handler = _method("TMCASegmenterWidget", "onSaveCorrection")
-    assert {"corrections.chosen_corrections", "self.logic.saveCorrections", "slicer.util.errorDisplay",
+    assert {"corrections.chosen_corrections", "self.logic.saveCorrections", "slicer.util.tryWithErrorDisplay",
             "self._showSiteDatasetCount"} <= _calls(handler)
     assert any(isinstance(n, ast.ExceptHandler) and ast.unparse(n.type) == "TMCAError" for n in ast.walk(handler))
     assert "self.ui.statusLabel.text" in ast.unparse(handler)

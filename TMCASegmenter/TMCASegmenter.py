@@ -242,11 +242,15 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._rethresholdIfChanged()
 
     def _updateResultButtons(self) -> None:
-        hasOutput = self._parameterNode is not None and self._parameterNode.outputSegmentation is not None
+        parameters = self._parameterNode
+        hasOutput = parameters is not None and parameters.outputSegmentation is not None
         self.ui.editInSegmentEditorButton.enabled = hasOutput
-        self.ui.saveCorrectionButton.enabled = hasOutput and bool(self._rows) and not self.logic.isRunning
-        route = self.logic.dicomSegRoute(self._parameterNode.inputVolume if self._parameterNode else None,
-                                         self._parameterNode.outputSegmentation if hasOutput else None)
+        inputVolume = parameters.inputVolume if parameters else None
+        outputSegmentation = parameters.outputSegmentation if parameters else None
+        # the table's rows belong to the last result: its scan and its segmentation must still be the selected ones
+        shown = bool(self._rows) and self.logic.isLastResult(inputVolume, outputSegmentation)
+        self.ui.saveCorrectionButton.enabled = shown and not self.logic.isRunning
+        route = self.logic.dicomSegRoute(inputVolume, outputSegmentation)
         self.ui.exportDicomSegButton.enabled = route.possible and not self.logic.isRunning
         self.ui.exportDicomSegButton.toolTip = route.reason
 
@@ -482,6 +486,7 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         self.lastFindings: list = []
         self.lastSegmentIds: list = []  # the last findings' segments in the output segmentation
         self.lastSegmentation = None
+        self.lastInputVolume = None
         self.lastModel: Optional[str] = None  # the model folder of the last result; None: the bundled model
 
     def getParameterNode(self):
@@ -638,7 +643,7 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
                                  findings, imported)
         self.lastFindings = findings
         self.lastSegmentIds = [segmentId for findingIndex, segmentId in imported]
-        self.lastSegmentation, self.lastModel = segmentation, run.model
+        self.lastSegmentation, self.lastInputVolume, self.lastModel = segmentation, run.inputVolume, run.model
         return segmentation
 
     def _readSegmentationFile(self, path: str):
@@ -769,10 +774,15 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         return corrections.save_corrections(dataset or self.siteDatasetFolder(), image, items, readMask,
                                             case or self.caseId(inputVolume))
 
+    def isLastResult(self, inputVolume, segmentation) -> bool:
+        """Whether the last result was made on ``inputVolume`` and imported into ``segmentation``, both still in the scene."""
+        return (segmentation is not None and segmentation == self.lastSegmentation and inputVolume == self.lastInputVolume
+                and slicer.mrmlScene.IsNodePresent(segmentation) and slicer.mrmlScene.IsNodePresent(inputVolume))
+
     def dicomSegRoute(self, inputVolume, segmentation, lookUpFiles: bool = False) -> dicom_export.ExportRoute:
         """How "Export DICOM SEG" would write the last result imported into ``segmentation`` (or why it cannot)."""
         uids = dicom_export.instance_uids(inputVolume.GetAttribute("DICOM.instanceUIDs") if inputVolume else None)
-        hasResult = segmentation is not None and segmentation == self.lastSegmentation and bool(self.lastSegmentIds)
+        hasResult = self.isLastResult(inputVolume, segmentation) and bool(self.lastSegmentIds)
         hasPlugin = dicom_export.PLUGIN_NAME in getattr(slicer.modules, "dicomPlugins", {})
         files = self._dicomFiles(uids) if lookUpFiles else None
         return dicom_export.export_route(hasResult, uids, hasPlugin, files)

@@ -53,7 +53,8 @@ def export_route(has_result: bool, instance_uids: Sequence[str], has_plugin: boo
     when not looked up yet (the button's state is decided without querying the database).
     """
     if not has_result:
-        return ExportRoute("", "Segment a report first: the export writes the last result's segments.")
+        return ExportRoute("", "Segment a report first: the export writes the last result's segments, "
+                               "with that result's input volume and segmentation selected.")
     if not instance_uids:
         return ExportRoute("", "The input volume was not loaded from DICOM (DICOM module), and a DICOM SEG must "
                                "reference DICOM images. Save the segmentation as .seg.nrrd instead.")

@@ -453,3 +453,13 @@ def test_the_export_button_says_why_it_is_disabled():
     assert "self.ui.exportDicomSegButton.enabled = route.possible" in buttons
     assert "self.ui.exportDicomSegButton.toolTip = route.reason" in buttons
     assert "self.logic.exportDicomSeg" in _calls(_method("TMCASegmenterWidget", "onExportDicomSeg"))
+
+
+def test_saving_and_exporting_need_the_last_results_scan_and_segmentation_selected():
+    """The table's rows name segments of the last result: another selected scan must not be paired with them."""
+    buttons = ast.unparse(_method("TMCASegmenterWidget", "_updateResultButtons"))
+    assert "self.logic.isLastResult(inputVolume, outputSegmentation)" in buttons
+    last = ast.unparse(_method("TMCASegmenterLogic", "isLastResult"))
+    assert "inputVolume == self.lastInputVolume" in last and "segmentation == self.lastSegmentation" in last
+    assert "slicer.mrmlScene.IsNodePresent" in last
+    assert "self.isLastResult(inputVolume, segmentation)" in ast.unparse(_method("TMCASegmenterLogic", "dicomSegRoute"))

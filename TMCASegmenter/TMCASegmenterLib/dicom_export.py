@@ -14,6 +14,7 @@ database: a DICOM SEG references its source images.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,6 +110,9 @@ def write_with_engine(path: str | Path, masks: Sequence[np.ndarray], records: Se
         raise TMCAError("the result has no segment to export (only findings of absence)")
     if len(masks) != len(records):
         raise TMCAError(f"{len(masks)} masks for {len(records)} findings")
+    if importlib.util.find_spec("highdicom") is None:
+        raise TMCAError("the engine's DICOM SEG writer needs the highdicom package: click Apply once to install "
+                        "the engine's packages, or install the QuantitativeReporting extension")
     from tmca import __version__
     from tmca.dicomseg import Algorithm, write_dicom_seg
     from tmca.models import resolve_model

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from TMCASegmenterLib import dicom_export, geometry
 from tmca.errors import TMCAError
 from tmca.models import resolve_model
+from tmca.protocol import FindingRecord
 
 UIDS = ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
 FILES = ["/db/dicom/a", "/db/dicom/b", "/db/dicom/c"]
@@ -65,3 +66,11 @@ def test_the_engine_way_refuses_a_result_without_segments(tmp_path):
     with pytest.raises(TMCAError, match="only findings of absence"):
         dicom_export.write_with_engine(tmp_path / "x.dcm", [], [], np.eye(4), [], None)
     assert not (tmp_path / "x.dcm").exists()
+
+
+def test_the_engine_way_says_when_highdicom_is_missing(tmp_path, monkeypatch):
+    real = dicom_export.importlib.util.find_spec
+    monkeypatch.setattr(dicom_export.importlib.util, "find_spec", lambda name: None if name == "highdicom" else real(name))
+    with pytest.raises(TMCAError, match="needs the highdicom package"):
+        dicom_export.write_with_engine(tmp_path / "x.dcm", [np.zeros((2, 3, 4))], [FindingRecord("nodule")],
+                                       np.eye(4), ["a.dcm", "b.dcm"], None)

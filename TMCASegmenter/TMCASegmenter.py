@@ -42,6 +42,7 @@ from TMCASegmenterLib.poller import ProcessPoller
 from tmca.errors import TMCAError
 from tmca.metrics import dice
 from tmca.protocol import Progress
+from tmca.site import split_counts
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 RESOURCES_DIR = paths.resource_dir(MODULE_DIR)
@@ -967,9 +968,24 @@ class TMCASegmenterTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Checking geometry and overlap")
         self._assertGeometryMatches(segmentation, inputVolume)
         self._assertDiceAtLeast(segmentation, inputVolume, Path(caseDir, "masks", f"{case}.nii.gz"), 0.5)
+
+        self.delayDisplay("Saving a correction to a site dataset")
+        self._assertCorrectionSaved(logic, inputVolume, segmentation, Path(caseDir, "site"))
         logic.applyThreshold(0.9)
         self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), len(logic.lastFindings))
         self.delayDisplay("Test passed")
+
+    def _assertCorrectionSaved(self, logic, inputVolume, segmentation, dataset: Path):
+        import SimpleITK as sitk
+
+        segmentId, finding = logic.lastSegmentIds[0], logic.lastFindings[0]
+        example = logic.saveCorrection(inputVolume, segmentation, segmentId, finding.text, dataset=str(dataset))
+        self.assertEqual((example.case, example.report), (inputVolume.GetName(), finding.text))
+        mask = sitk.ReadImage(str(dataset / example.mask))
+        self.assertTrue(geometry.same_geometry(geometry.ijk_to_ras_matrix(mask), volumeIjkToRas(inputVolume)))
+        segment = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume) > 0
+        self.assertTrue(np.array_equal(sitk.GetArrayFromImage(mask) > 0, segment))
+        self.assertEqual(sum(split_counts(dataset).values()), 1)
 
     def _assertGeometryMatches(self, segmentation, inputVolume):
         converter = slicer.vtkSegmentationConverter

@@ -463,3 +463,10 @@ def test_saving_and_exporting_need_the_last_results_scan_and_segmentation_select
     assert "inputVolume == self.lastInputVolume" in last and "segmentation == self.lastSegmentation" in last
     assert "slicer.mrmlScene.IsNodePresent" in last
     assert "self.isLastResult(inputVolume, segmentation)" in ast.unparse(_method("TMCASegmenterLogic", "dicomSegRoute"))
+
+
+def test_the_self_test_saves_a_correction_inside_slicer():
+    selfTest = _method("TMCASegmenterTest", "test_TMCASegmenter_synthetic_case")
+    assert "self._assertCorrectionSaved" in _calls(selfTest)
+    check = _method("TMCASegmenterTest", "_assertCorrectionSaved")
+    assert {"logic.saveCorrection", "slicer.util.arrayFromSegmentBinaryLabelmap", "split_counts"} <= _calls(check)

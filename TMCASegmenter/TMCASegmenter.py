@@ -166,6 +166,7 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         header.setSectionResizeMode(0, qt.QHeaderView.Stretch)
         header.setSectionResizeMode(1, qt.QHeaderView.ResizeToContents)
         header.setSectionResizeMode(2, qt.QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(3, qt.QHeaderView.ResizeToContents)
         self.ui.progressBar.hide()
         self._fillRecentReports()
         self._showSiteDatasetCount()
@@ -334,7 +335,8 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Failed: {error}").format(error=outcome.error)
             slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=outcome.error))
         else:
-            self.ui.statusLabel.text = _("Done: {count} finding(s).").format(count=len(outcome.findings))
+            self.ui.statusLabel.text = _("Done: {count} finding(s), {absent} finding(s) of absence.").format(
+                count=len(outcome.findings), absent=len(self.logic.lastNegativeFindings))
             self._shownThreshold.shown(self._runThreshold)
             self._showResult()
             if self._parameterNode:
@@ -343,16 +345,9 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showResult(self) -> None:
         """Fill the results table from the logic's last result."""
-        self._rows = results.result_rows(self.logic.lastFindings, self.logic.lastSegmentIds)
-        table = self.ui.resultsTableWidget
-        table.clearSelection()
-        table.setRowCount(len(self._rows))
-        for rowIndex, row in enumerate(self._rows):
-            for columnIndex, text in enumerate(row.cells):
-                item = qt.QTableWidgetItem(text)
-                if row.tooltip:
-                    item.setToolTip(row.tooltip)
-                table.setItem(rowIndex, columnIndex, item)
+        self._rows = results.result_rows(self.logic.lastFindings, self.logic.lastSegmentIds,
+                                         self.logic.lastNegativeFindings)
+        widgets.fill_results_table(self.ui.resultsTableWidget, self._rows, qt.QTableWidgetItem)
         self._updateResultButtons()
 
     def onSaveCorrection(self) -> None:
@@ -488,6 +483,7 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         self.lastSegmentIds: list = []  # the last findings' segments in the output segmentation
         self.lastSegmentation = None
         self.lastInputVolume = None
+        self.lastNegativeFindings: list = []  # findings of absence ("No effusion."): no segment
         self.lastModel: Optional[str] = None  # the model folder of the last result; None: the bundled model
 
     def getParameterNode(self):
@@ -645,6 +641,7 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         self.lastFindings = findings
         self.lastSegmentIds = [segmentId for findingIndex, segmentId in imported]
         self.lastSegmentation, self.lastInputVolume, self.lastModel = segmentation, run.inputVolume, run.model
+        self.lastNegativeFindings = list(result.negative_findings)
         return segmentation
 
     def _readSegmentationFile(self, path: str):

@@ -8,9 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from TMCASegmenterLib.checks_display import checks_cell
 from tmca.errors import TMCAError
 from tmca.metrics import mask_statistics
 from tmca.protocol import FindingRecord
+
+ABSENT = "absent"
 
 
 def format_volume_ml(volume_ml: float) -> str:
@@ -40,12 +43,25 @@ class ResultRow:
     absent: bool = False
 
 
-def result_rows(findings: Sequence[FindingRecord], segment_ids: Sequence[str]) -> list[ResultRow]:
-    """The table's rows: each finding with the id of its segment in the user's segmentation."""
+def result_rows(findings: Sequence[FindingRecord], segment_ids: Sequence[str],
+                negative_findings: Sequence[FindingRecord] = ()) -> list[ResultRow]:
+    """The table's rows: (finding, checks mark, volume mL, components), the checks' details as tooltip.
+
+    Each finding comes with the id of its segment in the user's segmentation; the findings of
+    absence follow, marked "absent", with no segment.
+    """
     if len(findings) != len(segment_ids):
         raise TMCAError(f"{len(findings)} findings but {len(segment_ids)} segment ids")
-    return [ResultRow(finding, segment_id, cells) for finding, segment_id, cells
-            in zip(findings, segment_ids, finding_table_rows(findings))]
+    rows = []
+    for finding, segment_id, (name, volume, components) in zip(findings, segment_ids, finding_table_rows(findings)):
+        mark, tooltip = checks_cell(finding.checks)
+        rows.append(ResultRow(finding, segment_id, (name, mark, volume, components), tooltip))
+    for finding in negative_findings:
+        sentence = finding.text or finding.name
+        rows.append(ResultRow(finding, "", (sentence, ABSENT, "", ""),
+                              f"Finding of absence: the report says this is not there, so no segment is drawn.\n{sentence}",
+                              absent=True))
+    return rows
 
 
 def update_finding_statistics(finding: FindingRecord, mask: np.ndarray, voxel_volume_mm3: float) -> FindingRecord:

@@ -1,4 +1,4 @@
-"""Keeping a text box and its parameter in step.
+"""Widget helpers that run with any Qt binding (Slicer's PythonQt, PyQt5): the report box, the results table.
 
 Slicer's ``parameterNodeWrapper`` binds a QTextEdit through ``QTextEditPlainTextToStrConnector``,
 whose ``write`` calls ``setPlainText`` even when the text is unchanged, and the wrapper rewrites
@@ -43,3 +43,19 @@ class PlainTextSync:
     def disconnect(self) -> None:
         """Stop sending edits to the store."""
         self._textEdit.textChanged.disconnect(self._onEdited)
+
+
+def fill_results_table(table, rows, make_item) -> None:
+    """Show ``rows`` (:class:`TMCASegmenterLib.results.ResultRow`) in a QTableWidget, each cell with its row's tooltip.
+
+    ``make_item(text)`` makes a QTableWidgetItem (``qt.QTableWidgetItem`` in Slicer). The old
+    selection is cleared: it named rows of the previous result.
+    """
+    table.clearSelection()
+    table.setRowCount(len(rows))
+    for rowIndex, row in enumerate(rows):
+        for columnIndex, text in enumerate(row.cells):
+            item = make_item(text)
+            if row.tooltip:
+                item.setToolTip(row.tooltip)
+            table.setItem(rowIndex, columnIndex, item)

@@ -470,3 +470,14 @@ def test_the_self_test_saves_a_correction_inside_slicer():
     assert "self._assertCorrectionSaved" in _calls(selfTest)
     check = _method("TMCASegmenterTest", "_assertCorrectionSaved")
     assert {"logic.saveCorrection", "slicer.util.arrayFromSegmentBinaryLabelmap", "split_counts"} <= _calls(check)
+
+
+def test_the_results_table_has_a_checks_column_and_lists_findings_of_absence():
+    table = _ui_widgets()["resultsTableWidget"]
+    headers = [c.findtext("property[@name='text']/string") for c in table.findall("column")]
+    assert headers == ["Finding", "Checks", "Volume (mL)", "Components"]
+    assert table.findtext("property[@name='columnCount']/number") == "4"
+    show = ast.unparse(_method("TMCASegmenterWidget", "_showResult"))
+    assert "results.result_rows(self.logic.lastFindings, self.logic.lastSegmentIds, self.logic.lastNegativeFindings)" in show
+    assert "widgets.fill_results_table(self.ui.resultsTableWidget, self._rows, qt.QTableWidgetItem)" in show
+    assert "self.lastNegativeFindings = list(result.negative_findings)" in ast.unparse(_method("TMCASegmenterLogic", "_importResult"))

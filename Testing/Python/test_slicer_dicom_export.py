@@ -74,3 +74,42 @@ def test_the_engine_way_says_when_highdicom_is_missing(tmp_path, monkeypatch):
     with pytest.raises(TMCAError, match="needs the highdicom package"):
         dicom_export.write_with_engine(tmp_path / "x.dcm", [np.zeros((2, 3, 4))], [FindingRecord("nodule")],
                                        np.eye(4), ["a.dcm", "b.dcm"], None)
+
+
+def test_the_engine_way_writes_the_current_masks_on_their_source_slices(tmp_path):
+    """The engine's writer fed as the module feeds it: masks on the scan's grid, its IJK-to-RAS, the database's files."""
+    import highdicom as hd
+    import pydicom
+
+    from dicom_series import SLICE_SPACING, SLICES, write_series
+    from tmca.imageio import load_image
+    from tmca.protocol import FindingRecord
+    from tmca.terminology import code_finding
+
+    files = write_series(tmp_path / "series")
+    scan = load_image(tmp_path / "series").image  # the grid Slicer's DICOM loader gives this series
+    shape = tuple(reversed(scan.GetSize()))
+    nodule, effusion = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+    nodule[2, 10:20, 30:50] = 1  # as corrected by the user
+    effusion[4:6, 60:70, 60:64] = 1
+    texts = ["A 12 mm nodule in the left upper lobe.", "Small right pleural effusion."]
+    records = [FindingRecord(name, text, f"Segment_{i + 1}", terminology=code_finding(text).as_dict())
+               for i, (name, text) in enumerate(zip(["nodule", "effusion"], texts))]
+
+    written = dicom_export.write_with_engine(tmp_path / dicom_export.seg_file_name("3: CT"), [nodule, effusion], records,
+                                             geometry.ijk_to_ras_matrix(scan), [str(f) for f in files], None)
+
+    seg = hd.seg.segread(written)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["nodule", "effusion"]
+    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == records[0].terminology["type"]["meaning"]
+    parameters = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert dicom_export.model_manifest_sha256(resolve_model(None)) in parameters.AlgorithmParameters
+    sources = {pydicom.dcmread(f).SOPInstanceUID: pydicom.dcmread(f) for f in files}
+    origin_z = float(scan.GetOrigin()[2])
+    for number, mask in ((1, nodule), (2, effusion)):
+        for _, _, uid in seg.get_source_image_uids():
+            k = int(round((float(sources[uid].ImagePositionPatient[2]) - origin_z) / SLICE_SPACING))
+            frame = seg.get_pixels_by_source_instance([uid], segment_numbers=[number],
+                                                      assert_missing_frames_are_empty=True)[0, :, :, 0]
+            np.testing.assert_array_equal(frame.astype(bool), mask[k].astype(bool))
+    assert len(seg.get_source_image_uids()) == SLICES

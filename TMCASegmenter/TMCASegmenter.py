@@ -713,13 +713,14 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         if target is None:
             return self.lastFindings
         voxelVolume = float(np.prod(target.inputVolume.GetSpacing()))
+        grid = geometry.image_on_grid(np.zeros(target.channels.shape[1:], dtype=np.uint8), volumeIjkToRas(target.inputVolume))
         updated, segmentIds = [], []
         for channel, segmentId, finding in zip(target.channels, target.segmentIds, target.findings):
             if target.segmentation.GetSegmentation().GetSegment(segmentId) is None:
                 continue  # the user deleted this segment
             mask = results.threshold_probability(channel, threshold)
             slicer.util.updateSegmentBinaryLabelmapFromArray(mask, target.segmentation, segmentId, target.inputVolume)
-            updated.append(results.update_finding_statistics(finding, mask, voxelVolume))
+            updated.append(results.update_finding_statistics(finding, mask, voxelVolume, grid))
             segmentIds.append(segmentId)
         self.lastFindings, self.lastSegmentIds = updated, segmentIds
         return updated

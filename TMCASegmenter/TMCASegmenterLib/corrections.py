@@ -61,12 +61,7 @@ def chosen_corrections(rows: Sequence[ResultRow], selected: Iterable[int]) -> li
 
 def scan_image(voxels: np.ndarray, ijk_to_ras: np.ndarray) -> sitk.Image:
     """The scan as a SimpleITK image: ``voxels`` (k, j, i) on the grid of the IJK-to-RAS matrix."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(voxels))
-    origin, spacing, direction = geometry.geometry_from_ijk_to_ras(ijk_to_ras)
-    image.SetOrigin(origin)
-    image.SetSpacing(spacing)
-    image.SetDirection(direction)
-    return image
+    return geometry.image_on_grid(voxels, ijk_to_ras)
 
 
 def save_corrections(dataset: str, image: sitk.Image, corrections: Sequence[Correction],

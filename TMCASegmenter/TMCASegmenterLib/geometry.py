@@ -37,3 +37,15 @@ def geometry_from_ijk_to_ras(matrix: np.ndarray) -> tuple[tuple[float, ...], tup
 def same_geometry(first: np.ndarray, second: np.ndarray, tolerance: float = 1e-3) -> bool:
     """Whether two IJK-to-RAS matrices describe the same grid (within ``tolerance`` mm)."""
     return bool(np.allclose(np.asarray(first, dtype=float), np.asarray(second, dtype=float), atol=tolerance))
+
+
+def image_on_grid(voxels: np.ndarray, ijk_to_ras: np.ndarray):
+    """A SimpleITK image of ``voxels`` (k, j, i) placed on the grid of the IJK-to-RAS matrix."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(voxels))
+    origin, spacing, direction = geometry_from_ijk_to_ras(ijk_to_ras)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    return image

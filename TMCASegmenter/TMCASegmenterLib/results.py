@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -64,10 +65,20 @@ def result_rows(findings: Sequence[FindingRecord], segment_ids: Sequence[str],
     return rows
 
 
-def update_finding_statistics(finding: FindingRecord, mask: np.ndarray, voxel_volume_mm3: float) -> FindingRecord:
-    """The finding with voxels, volume and components recomputed from ``mask``."""
+def update_finding_statistics(finding: FindingRecord, mask: np.ndarray, voxel_volume_mm3: float,
+                              reference: Any = None) -> FindingRecord:
+    """The finding with voxels, volume and components recomputed from ``mask`` (k, j, i).
+
+    With ``reference`` (a SimpleITK image on the mask's grid), the report-to-mask checks are
+    recomputed too, so a new threshold never shows the old mask's checks.
+    """
     voxels, volume_ml, components = mask_statistics(mask, voxel_volume_mm3)
-    return dataclasses.replace(finding, voxels=voxels, volume_ml=volume_ml, components=components)
+    checks = finding.checks
+    if reference is not None:
+        from tmca.reconcile import check_finding
+
+        checks = [check.as_dict() for check in check_finding(finding.text or finding.name, mask, reference)]
+    return dataclasses.replace(finding, voxels=voxels, volume_ml=volume_ml, components=components, checks=checks)
 
 
 def probability_channels(array: np.ndarray, count: int | None = None) -> np.ndarray:

@@ -291,3 +291,19 @@ def test_with_the_constraint_pip_cannot_replace_the_installed_torch(tmp_path):
     assert unconstrained.returncode == 0 and "torch-999.0" in unconstrained.stdout, unconstrained.stdout + unconstrained.stderr
     constrained = subprocess.run(pip + dependencies.pip_install_arguments([], path), capture_output=True, text=True, env=env)
     assert constrained.returncode != 0 and "torch-999.0" not in constrained.stdout
+
+
+def test_rethresholding_recomputes_the_report_checks():
+    ijk_to_ras = geometry.ijk_to_ras_from_geometry((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), np.eye(3).ravel())  # +i is patient left
+    grid = geometry.image_on_grid(np.zeros((20, 20, 20), np.uint8), ijk_to_ras)
+    two_on_the_right = np.zeros((20, 20, 20), np.uint8)
+    two_on_the_right[8:12, 2:5, 2:5] = two_on_the_right[8:12, 12:15, 2:5] = 1
+    one_on_the_left = np.zeros_like(two_on_the_right)
+    one_on_the_left[8:12, 8:12, 15:18] = 1
+    finding = FindingRecord("nodules", "Two nodules in the right lung.", segment_id="Segment_1")
+    statuses = lambda f: {c["name"]: c["status"] for c in f.checks}  # noqa: E731
+    first = results.update_finding_statistics(finding, two_on_the_right, 1.0, grid)
+    assert statuses(first)["count"] == "agree" and statuses(first)["side"] == "agree"
+    second = results.update_finding_statistics(first, one_on_the_left, 1.0, grid)
+    assert statuses(second)["count"] == "disagree" and statuses(second)["side"] == "disagree"
+    assert results.update_finding_statistics(first, one_on_the_left, 1.0).checks == first.checks  # no grid: left as they were

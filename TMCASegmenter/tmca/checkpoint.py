@@ -111,6 +111,12 @@ def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def checkpoint_id(folder: str | Path) -> str:
+    """The sha256 of a verified checkpoint's manifest.json: one id for its config and weights together."""
+    verify_checkpoint(folder)
+    return sha256_of(Path(folder) / MANIFEST_FILE)
+
+
 def read_checkpoint_config(folder: str | Path) -> dict[str, Any]:
     """The verified config.json of a checkpoint (architecture under ``model``)."""
     verify_checkpoint(folder)

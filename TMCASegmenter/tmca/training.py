@@ -58,6 +58,7 @@ class TrainOptions:
     time_limit_minutes: float | None = None
     resume: bool = False
     model: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None  # a checkpoint folder whose architecture and weights training starts from (fine-tuning)
 
 
 def seed_everything(seed: int) -> None:
@@ -119,11 +120,14 @@ class Trainer:
         self.run_dir = Path(options.output)
         self.progress = progress if progress and self.rank == 0 else (lambda *a, **k: None)  # rank 0 reports for all
         seed_everything(options.seed + self.rank)
-        self.config = TMCAConfig.from_dict(options.model) if options.model else TMCAConfig()
-        try:
-            self.model = TMCANet(self.config).to(self.device)
-        except (ValueError, OSError) as error:  # the networks' library errors, for the user
-            raise TMCAError(f"cannot build the network: {error}") from error
+        if options.init_from and not options.resume:
+            self._start_from(Path(options.init_from))
+        else:
+            self.config = TMCAConfig.from_dict(options.model) if options.model else TMCAConfig()
+            try:
+                self.model = TMCANet(self.config).to(self.device)
+            except (ValueError, OSError) as error:  # the networks' library errors, for the user
+                raise TMCAError(f"cannot build the network: {error}") from error
         self.memory_format = torch.channels_last if self.config.spatial_dims == 2 else torch.contiguous_format
         self.train_set, self.val_set = train_set, val_set
         self.start_epoch, self.best_dice, self.step, self.stale_epochs = 0, -1.0, 0, 0
@@ -286,6 +290,13 @@ class Trainer:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+    def _start_from(self, checkpoint: Path) -> None:
+        """Take the architecture and weights of ``checkpoint`` (the step count and optimizer start afresh)."""
+        model, _ = load_checkpoint(checkpoint, self.device)
+        self.config = model.config
+        self.model = model.train()
+        log.info("starting from the weights of %s", checkpoint)
 
     def _resume(self) -> None:
         last = self.run_dir / "last"

@@ -11,6 +11,8 @@ from tmca import __version__
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("info", help="show versions, devices and the default model")
     parser.add_argument("--json", action="store_true", help="print a JSON object")
+    parser.add_argument("--model", help="also describe this checkpoint: its manifest sha256, architecture and lineage "
+                                        "(parent and Val Dice of a fine-tuned model)")
     return parser
 
 
@@ -32,7 +34,11 @@ def collect_info() -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tmca.lineage import describe_lineage, model_summary
+
     info = collect_info()
+    if args.model is not None:
+        info["model"] = model_summary(args.model)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -42,4 +48,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  device: {device['type']}" + (f" ({details})" if details else ""))
     model = info["default_model"]
     print(f"  default model: {model['path'] or 'not installed'}")
+    if "model" in info:
+        print("\n".join(describe_lineage(info["model"])))
     return 0

@@ -34,7 +34,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from tmca import __version__
 from tmca.atomic import write_text_atomic
-from tmca.checkpoint import checkpoint_id, load_checkpoint, read_checkpoint_config, save_checkpoint, sha256_of
+from tmca.checkpoint import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, checkpoint_id, load_checkpoint, read_checkpoint_config, save_checkpoint, sha256_of
 from tmca.errors import TMCAError
 from tmca.models import resolve_model
 from tmca.site import MANIFEST, check_trainable
@@ -206,7 +206,11 @@ def _evaluate_and_write(options: FinetuneOptions, base: Path, staging: Path, dat
     model, config = load_checkpoint(candidate_folder, "cpu", text_encoder=segmenter.model.text_encoder)
     extra = {key: value for key, value in config.items() if key not in ("format", "model")}
     target = staging if promoted else staging / REJECTED_FOLDER
-    save_checkpoint(target, model, {**extra, "lineage": lineage})
+    written = save_checkpoint(staging / REJECTED_FOLDER, model, {**extra, "lineage": lineage})
+    if promoted:  # save_checkpoint replaces a folder as a whole: move the files up beside finetune.json and training/
+        for name in (CONFIG_FILE, WEIGHTS_FILE, MANIFEST_FILE):
+            os.replace(written / name, staging / name)
+        written.rmdir()
     for leftover in ("best", "last", "state"):  # the training run's own checkpoints: the result is saved above
         shutil.rmtree(run / leftover, ignore_errors=True)
     report = {

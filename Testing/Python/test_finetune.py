@@ -8,7 +8,11 @@ large that its first Adam step (lr x sign of the gradient) wrecks it.
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +67,8 @@ def test_a_model_not_worse_is_promoted_with_lineage_and_finetune_json(sites, bas
     assert "promoted" in capsys.readouterr().out
     verify_checkpoint(new)
     assert not (new / "rejected").exists() and not list(tmp_path.glob(".new*"))  # no staging left
+    assert (new / "training" / "metrics.csv").is_file() and (new / "training" / "summary.json").is_file()
+    assert not (new / "training" / "best").exists()  # the promoted checkpoint is NEW itself
     report = json.loads((new / "finetune.json").read_text())
     assert report["promoted"] is True and report["forced"] is False
     assert report["base"]["val"]["dice"] == 0.0 and report["delta_dice"] >= 0.0
@@ -102,6 +108,7 @@ def test_a_worse_model_is_refused_and_kept_aside(sites, bases, tmp_path, capsys)
     assert f"worse than the base by {-report['delta_dice']:.4f}" in out
     assert not (new / "config.json").exists()  # nothing promoted where a model is looked for
     verify_checkpoint(new / "rejected")
+    assert (new / "training" / "metrics.csv").is_file()
     _, config = load_checkpoint(new / "rejected")
     assert config["lineage"]["promoted"] is False
     image = next((sites["whole"] / "images").iterdir())
@@ -142,3 +149,19 @@ def test_an_existing_output_and_a_missing_model_are_refused(sites, bases, tmp_pa
                  *FAST]) == 2
     assert "model folder not found" in capsys.readouterr().err
     assert not (tmp_path / "n").exists()
+
+
+def test_torchrun_two_cpu_processes(sites, bases, tmp_path):
+    new = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29527", "-m", "tmca.cli", "finetune",
+         "--model", str(bases["blind"]), "--data", str(sites["lesions"]), "--output", str(new), "--lr", "1e-3", *FAST],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    verify_checkpoint(new)
+    report = json.loads((new / "finetune.json").read_text())
+    assert report["promoted"] is True and report["training"]["steps"] == 2
+    assert len(list(csv.DictReader(open(new / "training" / "metrics.csv")))) == 1  # written once, by rank 0
+    assert sum("promoted the fine-tuned model" in line for line in result.stdout.splitlines()) == 1  # rank 0 reports

@@ -135,6 +135,7 @@ def finetune(options: FinetuneOptions, progress: Callable[..., None] | None = No
     base_config = read_checkpoint_config(base)["model"]
     train_samples = load_split(options.data, "csv", "train")
     val_samples = load_split(options.data, "csv", "val")
+    site_sha256 = sha256_of(Path(options.data) / MANIFEST)  # of the rows read now, even if corrections are saved meanwhile
     if not train_samples or len(val_samples) < 2:
         raise TMCAError(f"site dataset {options.data}: its files are missing or unreadable (see the warnings above); "
                         f"{len(train_samples)} Train and {len(val_samples)} Val examples could be read")
@@ -167,10 +168,10 @@ def finetune(options: FinetuneOptions, progress: Callable[..., None] | None = No
         summary = trainer.fit()
         if trainer.rank != 0:
             return None
-        data = {"site": str(options.data), "manifest_sha256": sha256_of(Path(options.data) / MANIFEST),
+        data = {"site": str(options.data), "manifest_sha256": site_sha256,
                 "train_examples": len(train_samples), "val_examples": len(val_samples), "site_split_counts": counts,
                 "train_slices": site_slices, "replay": replay_info}
-        result = _evaluate_and_write(options, base, staging, data, summary, progress)
+        result = _evaluate_and_write(options, base, staging, val_samples, data, summary, progress)
         result.report.update({"started": started_at.isoformat(timespec="seconds"),
                               "minutes_total": round((time.monotonic() - started) / 60, 2)})
         write_text_atomic(staging / RESULT_FILE, json.dumps(result.report, indent=2))
@@ -182,16 +183,18 @@ def finetune(options: FinetuneOptions, progress: Callable[..., None] | None = No
     return result
 
 
-def _evaluate_and_write(options: FinetuneOptions, base: Path, staging: Path, data: dict[str, Any], summary: dict[str, Any],
-                        progress: Callable[..., None] | None) -> FinetuneResult:
-    """Score base and candidate on Val, decide, and write the checkpoint (with lineage) into ``staging``."""
-    from tmca.data import load_split
+def _evaluate_and_write(options: FinetuneOptions, base: Path, staging: Path, val_samples: list, data: dict[str, Any],
+                        summary: dict[str, Any], progress: Callable[..., None] | None) -> FinetuneResult:
+    """Score base and candidate on Val, decide, and write the checkpoint (with lineage) into ``staging``.
+
+    The candidate is the run's last checkpoint, not its best: "best" is chosen on this same Val
+    split, which would tilt the comparison towards the candidate.
+    """
     from tmca.evaluation import evaluate
     from tmca.inference import Segmenter
 
-    val_samples = load_split(options.data, "csv", "val")
     run = staging / TRAINING_FOLDER
-    candidate_folder = run / "best"
+    candidate_folder = run / "last"
     scores = {}
     for name, folder in (("base", base), ("new", candidate_folder)):
         segmenter = Segmenter(folder, device=options.device)

@@ -35,7 +35,7 @@ from tmca.models import resolve_model
 from tmca.site import add_example
 from tmca.synth import SynthCase, describe, generate_case, write_dataset
 
-SIZE, DEPTH = 96, 48  # the demo data's field of view (160 x 160 x 80 voxels) at a coarser grid: faster to score
+SIZE, DEPTH = 80, 40  # the demo data's field of view (160 x 160 x 80 voxels) on a coarser grid: cheaper to score on 2 cores
 SITE_SEED, BASE_SEED, REPLAY_SEED = 21, 11, 0
 
 
@@ -97,7 +97,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=6.0)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--steps-per-epoch", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--replay-share", type=float, default=0.5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -106,6 +108,7 @@ def main() -> None:
     base = resolve_model(None)
     started = time.monotonic()
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_at_start": os.getloadavg()},
+               "options": {key: str(value) for key, value in vars(args).items()},
                "base_model": str(base), "site": site_scan.__doc__, "sizes": {}}
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "replay" / "manifest.csv").is_file():
@@ -116,8 +119,13 @@ def main() -> None:
         build_site_test(work / "site-test", args.test_cases)
     site_test = load_split(work / "site-test", "csv", "val")
     base_test = load_split(work / "base-test", "csv", "all")
-    results["base"] = {"site_dice": score(base, site_test, args.device), "base_data_dice": score(base, base_test, args.device),
-                       "site_test_cases": len(site_test), "base_test_cases": len(base_test)}
+    cached = work / "base-scores.json"  # the base model's scores on the fixed test sets: computed once per work folder
+    if cached.is_file():
+        results["base"] = json.loads(cached.read_text())
+    else:
+        results["base"] = {"site_dice": score(base, site_test, args.device), "base_data_dice": score(base, base_test, args.device),
+                           "site_test_cases": len(site_test), "base_test_cases": len(base_test)}
+        cached.write_text(json.dumps(results["base"], indent=2))
     print(f"base: site Dice {results['base']['site_dice']:.4f}, base-data Dice {results['base']['base_data_dice']:.4f}", flush=True)
     for size in args.sizes:
         site, new = work / f"site-{size}", work / f"new-{size}"
@@ -125,8 +133,8 @@ def main() -> None:
         shutil.rmtree(new, ignore_errors=True)
         build_site(site, size, args.val)
         options = FinetuneOptions(data=str(site), output=str(new), model=str(base), minutes=args.minutes, device=args.device,
-                                  replay=str(work / "replay"), replay_format="csv", epochs=args.epochs,
-                                  steps_per_epoch=args.steps_per_epoch, lr=args.lr)
+                                  replay=str(work / "replay"), replay_format="csv", replay_share=args.replay_share,
+                                  epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr)
         size_started = time.monotonic()
         outcome = finetune(options)
         minutes = (time.monotonic() - size_started) / 60

@@ -2,7 +2,7 @@
 
 Run by hand (minutes on CPU); results go to docs/ACCURACY.md::
 
-    python bench/finetune.py --work runs/bench-finetune --sizes 10 25 50 --json runs/bench-finetune/results.json
+    python bench/finetune.py --work runs/bench-finetune --sizes 25 10 50 --json runs/bench-finetune/results.json
 
 The base model is the bundled demo model (synthetic chest CT, CT window [-1000, 1000] HU). The
 simulated site has another CT scanner profile (:func:`site_scan`): an uncalibrated, low-contrast
@@ -90,12 +90,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("runs/bench-finetune"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 25, 50])
-    parser.add_argument("--val", type=int, default=8, help="site Val examples (the promotion rule's split)")
-    parser.add_argument("--test-cases", type=int, default=16)
-    parser.add_argument("--base-test-cases", type=int, default=16)
+    parser.add_argument("--val", type=int, default=6, help="site Val examples (the promotion rule's split)")
+    parser.add_argument("--test-cases", type=int, default=10)
+    parser.add_argument("--base-test-cases", type=int, default=10)
     parser.add_argument("--replay-cases", type=int, default=40)
-    parser.add_argument("--minutes", type=float, default=6.0)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--steps-per-epoch", type=int, default=20)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=4)

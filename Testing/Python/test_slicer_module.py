@@ -1,6 +1,7 @@
 """The Slicer module without Slicer: its .ui, parameter node, build and packaging files.
 
-TMCASegmenter.py imports slicer, so it is parsed with ``ast`` here, never imported. Its helpers in
+TMCASegmenter.py is imported with stand-ins for slicer, qt and vtk (fake_slicer.py) to check its classes
+and signatures; checks of what its methods call read its source with ``ast``. Its helpers in
 TMCASegmenterLib run for real in test_slicer_lib.py, test_slicer_process.py, test_slicer_segments.py
 and test_slicer_widgets.py.
 """
@@ -8,12 +9,15 @@ and test_slicer_widgets.py.
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import re
 import tomllib
+import typing
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from fake_slicer import slicer_module
 from TMCASegmenterLib import commands, dependencies
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,18 +50,16 @@ def _class(tree: ast.Module, name: str) -> ast.ClassDef:
 
 
 def _parameter_fields() -> dict[str, tuple[str, set[str]]]:
-    """Field name -> (base type name, names of the annotations) of TMCASegmenterParameterNode."""
-    node = _class(_module_tree(), "TMCASegmenterParameterNode")
-    assert any(ast.unparse(d) == "parameterNodeWrapper" for d in node.decorator_list)
+    """Field name -> (base type name, annotation class names) of the imported TMCASegmenterParameterNode."""
+    with slicer_module() as module:
+        hints = typing.get_type_hints(module.TMCASegmenterParameterNode, include_extras=True)
     fields = {}
-    for statement in node.body:
-        if isinstance(statement, ast.AnnAssign):
-            annotation = statement.annotation
-            if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated":
-                base, *extras = annotation.slice.elts
-                fields[statement.target.id] = (ast.unparse(base), {ast.unparse(e.func) for e in extras})
-            else:
-                fields[statement.target.id] = (ast.unparse(annotation), set())
+    for name, hint in hints.items():
+        extras = set()
+        if typing.get_origin(hint) is typing.Annotated:
+            hint, *metadata = typing.get_args(hint)
+            extras = {type(m).__name__ for m in metadata}
+        fields[name] = (hint.__name__, extras)
     return fields
 
 
@@ -169,13 +171,18 @@ def test_module_follows_the_scripted_module_template():
     tree = _module_tree()
     classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
     assert {"TMCASegmenter", "TMCASegmenterWidget", "TMCASegmenterLogic", "TMCASegmenterTest"} <= classes
-    logic = _class(tree, "TMCASegmenterLogic")
-    methods = {f.name: f for f in logic.body if isinstance(f, ast.FunctionDef)}
-    process_args = [a.arg for a in methods["process"].args.args[1:]]
-    assert process_args[:9] == ["inputVolume", "report", "outputSegmentation", "model", "device", "threshold",
-                                "splitFindings", "waitForCompletion", "progressCallback"]
-    study_args = [a.arg for a in methods["processStudyFolder"].args.args[1:]]
-    assert study_args[:7] == ["folder", "reports", "outputFolder", "model", "device", "threshold", "loadResults"]
+    with slicer_module() as module:
+        logic = module.TMCASegmenterLogic()
+        process = inspect.signature(logic.process)
+        study = inspect.signature(logic.processStudyFolder)
+        parameters = module.TMCASegmenterParameterNode
+        device_choice = typing.get_args(typing.get_type_hints(parameters, include_extras=True)["device"])[1]
+    assert list(process.parameters)[:9] == ["inputVolume", "report", "outputSegmentation", "model", "device", "threshold",
+                                            "splitFindings", "waitForCompletion", "progressCallback"]
+    assert list(study.parameters)[:7] == ["folder", "reports", "outputFolder", "model", "device", "threshold", "loadResults"]
+    assert process.parameters["device"].default == parameters.device == "auto"
+    assert device_choice.choices == list(commands.DEVICES) and "mps" in device_choice.choices
+    assert process.parameters["threshold"].default == parameters.threshold == 0.5
     module_init = next(f for f in _class(tree, "TMCASegmenter").body if isinstance(f, ast.FunctionDef))
     assert "Segmentation" in ast.unparse(module_init)
 

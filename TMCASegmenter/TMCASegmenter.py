@@ -36,7 +36,7 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
-from TMCASegmenterLib import (batchfiles, commands, corrections, dependencies, dicom_export, geometry, paths,
+from TMCASegmenterLib import (batchfiles, commands, corrections, dependencies, dicom_export, geometry, models, paths,
                               process as engineProcess, reports, results, segments, slicer_bridge, widgets)
 from TMCASegmenterLib.poller import ProcessPoller
 from tmca.errors import TMCAError
@@ -158,6 +158,7 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditor)
         self.ui.show3DButton.connect("toggled(bool)", self.onShow3D)
         self.ui.saveCorrectionButton.connect("clicked(bool)", self.onSaveCorrection)
+        self.ui.improveModelButton.connect("clicked(bool)", self.onImproveModel)
         self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.ui.siteDatasetPathLineEdit.currentPath = self.logic.siteDatasetFolder()
         self.ui.siteDatasetPathLineEdit.connect("currentPathChanged(QString)", self.onSiteDatasetChanged)
@@ -255,11 +256,15 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         route = self.logic.dicomSegRoute(inputVolume, outputSegmentation)
         self.ui.exportDicomSegButton.enabled = route.possible and not self.logic.isRunning
         self.ui.exportDicomSegButton.toolTip = route.reason
+        improving = self.logic.isImproving
+        self.ui.improveModelButton.text = _("Cancel improving") if improving else _("Improve model")
+        self.ui.improveModelButton.enabled = improving or not self.logic.isRunning  # not while a segmentation runs
 
     def _checkCanApply(self) -> None:
         if self.logic.isRunning:
             self.ui.applyButton.text = _("Cancel")
-            self.ui.applyButton.toolTip = _("Stop the running segmentation; the scene stays unchanged")
+            self.ui.applyButton.toolTip = (_("Stop the running fine-tuning; the current model stays") if self.logic.isImproving
+                                           else _("Stop the running segmentation; the scene stays unchanged"))
             self.ui.applyButton.enabled = True
             return
         self.ui.applyButton.text = _("Apply")
@@ -364,6 +369,31 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Saved {count} correction(s) to the site dataset.").format(count=len(saved))
             self._showSiteDatasetCount()
 
+    def onImproveModel(self) -> None:
+        """Fine-tune the current model on the site dataset in the background, or cancel the fine-tuning that runs."""
+        if self.logic.isImproving:
+            self.logic.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+            return
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to start improving the model.")):
+            # no dependency install here (only Apply installs): corrections to learn from exist only after an Apply
+            siteDataset = self.logic.siteDatasetFolder()
+            self.logic.improveModel(parameters.modelPath or None, siteDataset, models.new_model_folder(siteDataset),
+                                    device=parameters.device, waitForCompletion=False,
+                                    progressCallback=self._onProgress, completedCallback=self._onImproved)
+            self._setRunning(True)
+            self.ui.statusLabel.text = _("Fine-tuning {model} on the site dataset...").format(
+                model=models.model_label(parameters.modelPath))
+
+    def _onImproved(self, promoted: bool, message: str, output: str) -> None:
+        self._setRunning(False)
+        self.ui.statusLabel.text = message
+        if promoted and slicer.util.confirmYesNoDisplay(
+                _("{message}\n\nUse the new model {label} from now on?").format(message=message, label=models.model_label(output))):
+            self._showModelChoice(output)
+            self.onModelChoiceChanged()
+
     def onExportDicomSeg(self) -> None:
         """Write the last result as a DICOM SEG into a folder the user chooses."""
         parameters = self._parameterNode
@@ -392,7 +422,14 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.enabled = useFolder
         if self._parameterNode:
             self._parameterNode.modelPath = self.ui.modelPathLineEdit.currentPath if useFolder else ""
+        self._showModelLabel(self.ui.modelPathLineEdit.currentPath if useFolder else "")
         self._checkCanApply()
+
+    def _showModelLabel(self, modelPath: str) -> None:
+        """The chosen model's lineage and Val Dice, in the model widgets' tooltips."""
+        label = models.model_label(modelPath)
+        self.ui.modelPathLineEdit.toolTip = label
+        self.ui.modelSourceComboBox.toolTip = label
 
     def _showModelChoice(self, modelPath: str) -> None:
         wasBlocked = self.ui.modelSourceComboBox.blockSignals(True)
@@ -401,6 +438,7 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.enabled = bool(modelPath)
         if modelPath:
             self.ui.modelPathLineEdit.currentPath = modelPath
+        self._showModelLabel(modelPath)
 
     def onRecentReportChosen(self, index: int) -> None:
         """Put the chosen recent report into the report box."""
@@ -459,6 +497,7 @@ class _Run:
     show3D: bool = False
     poller: Optional[ProcessPoller] = None
     model: Optional[str] = None
+    improving: bool = False  # a ``tmca finetune`` run (outputPath: the new model folder), not a segmentation
 
 
 @dataclass
@@ -493,6 +532,52 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
     def isRunning(self) -> bool:
         """Whether an engine process is running."""
         return self._run is not None
+
+    @property
+    def isImproving(self) -> bool:
+        """Whether the running engine process is a fine-tuning (``improveModel``)."""
+        return self._run is not None and self._run.improving
+
+    def improveModel(self, model, siteDataset: str, output: str, minutes: float = 5.0, device: str = "auto",
+                     waitForCompletion: bool = True, progressCallback: Optional[Callable] = None,
+                     completedCallback: Optional[Callable] = None):
+        """
+        Fine-tune ``model`` on the site dataset with ``tmca finetune``; the new model is kept only if not worse.
+
+        :param model: the current model folder; None or "" fine-tunes the bundled demo model
+        :param siteDataset: the folder "Save correction" writes (see :meth:`siteDatasetFolder`)
+        :param output: a new folder for the fine-tuned model (see ``TMCASegmenterLib.models.new_model_folder``)
+        :param completedCallback: called with (promoted, message, output)
+        :return: (promoted, message) when ``waitForCompletion``, else None
+        """
+        if self.isRunning:
+            raise RuntimeError(_("A segmentation or fine-tuning is already running; cancel it first."))
+        args = commands.finetune_command(enginePython(), model or None, siteDataset, output, minutes, device)
+        logging.info(f"TMCASegmenter: running {' '.join(args)}")
+        process = engineProcess.BackgroundProcess(args, env=commands.child_environment(MODULE_DIR))
+        process.start()
+        self._run = _Run(process, None, None, str(output), "", progressCallback, completedCallback,
+                         model=model or None, improving=True)
+        if waitForCompletion:
+            process.wait(on_poll=self._onEventsWhileWaiting)
+            return self._finishImprove()
+        self._run.poller = ProcessPoller(process, self._onEvents, self._finishImprove, qt.QTimer())
+        self._run.poller.start()
+        return None
+
+    def _finishImprove(self) -> tuple:
+        run, self._run = self._run, None
+        process = run.process
+        if process.cancelled:
+            promoted, message = False, _("Fine-tuning cancelled; the current model stays.")
+        else:
+            promoted, message = models.finetune_outcome(process.returncode, run.outputPath)
+            if process.returncode not in (0, 1) and process.error_message():
+                message = _("Fine-tuning failed: {error}").format(error=process.error_message())
+        process.cleanup()
+        if run.completedCallback:
+            run.completedCallback(promoted, message, run.outputPath)
+        return promoted, message
 
     def process(self, inputVolume, report: str, outputSegmentation=None, model=None, device: str = "auto",
                 threshold: float = 0.5, splitFindings: bool = True, waitForCompletion: bool = True,
@@ -564,8 +649,10 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
             self._run.process.cancel()  # the poller reports the cancelled run once the process has gone
 
     def discard(self) -> None:
-        """Drop the running segmentation even if it has just finished: its result is never imported."""
-        if self._run is not None:
+        """Drop the running segmentation even if it has just finished: its result is never imported.
+
+        A fine-tuning goes on: it does not touch the scene."""
+        if self._run is not None and not self._run.improving:
             self._run.process.discard()
 
     def _onEventsWhileWaiting(self, events: list) -> None:

@@ -86,3 +86,22 @@ def synth_command(python: str, output: PathLike, cases: int = 1, modality: str =
     """Command line for ``tmca synth`` (synthetic cases for the module's self-test)."""
     return [python, "-m", "tmca.cli", "synth", "--output", str(output), "--cases", str(cases),
             "--modality", modality, "--dims", str(dims), "--seed", str(seed)]
+
+
+def finetune_command(python: str, base_model: PathLike | None, site_dataset: PathLike, output: PathLike,
+                     minutes: float = 5.0, device: str = "auto") -> list[str]:
+    """Command line for ``tmca finetune`` with JSON progress (``base_model`` None or "" = bundled demo).
+
+    Exit 0: ``output`` holds the promoted model; exit 1: it was worse (``output/finetune.json`` says by how much).
+    """
+    if device not in DEVICES:
+        raise TMCAError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if not minutes > 0:
+        raise TMCAError(f"the fine-tuning time limit must be positive, not {minutes:g} minutes")
+    args = [python, "-m", "tmca.cli", "finetune"]
+    if base_model:
+        if not Path(base_model).is_dir():
+            raise TMCAError(f"model folder {base_model} does not exist; choose a trained model folder or the bundled demo")
+        args += ["--model", str(base_model)]
+    return args + ["--data", str(site_dataset), "--output", str(output), "--minutes", f"{minutes:g}",
+                   "--device", device, "--progress", "json"]

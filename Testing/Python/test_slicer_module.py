@@ -488,3 +488,29 @@ def test_the_results_table_has_a_checks_column_and_lists_findings_of_absence():
     assert "results.result_rows(self.logic.lastFindings, self.logic.lastSegmentIds, self.logic.lastNegativeFindings)" in show
     assert "widgets.fill_results_table(self.ui.resultsTableWidget, self._rows, qt.QTableWidgetItem)" in show
     assert "self.lastNegativeFindings = list(result.negative_findings)" in ast.unparse(_method("TMCASegmenterLogic", "_importResult"))
+
+
+# --------------------------------------------------------------------------- issue 14: Improve model
+
+
+def test_improve_model_runs_finetune_through_the_background_machinery():
+    improve = _method("TMCASegmenterLogic", "improveModel")
+    calls = _calls(improve)
+    assert {"commands.finetune_command", "engineProcess.BackgroundProcess", "ProcessPoller", "commands.child_environment"} <= calls
+    assert "self._finishImprove" in ast.unparse(improve)  # the poller's end and the blocking path both decide
+    assert "models.finetune_outcome" in _calls(_method("TMCASegmenterLogic", "_finishImprove"))
+    assert "self.logic.cancel" in _calls(_method("TMCASegmenterWidget", "onImproveModel"))
+    assert "models.new_model_folder" in _calls(_method("TMCASegmenterWidget", "onImproveModel"))
+    learn = _ui_widgets()["learnCollapsibleButton"]
+    assert "improveModelButton" in {w.get("name") for w in learn.iter("widget")}
+
+
+def test_a_promoted_model_is_offered_and_chosen_and_the_button_waits_for_segmentations():
+    improved = _method("TMCASegmenterWidget", "_onImproved")
+    assert {"slicer.util.confirmYesNoDisplay", "self._showModelChoice", "self.onModelChoiceChanged"} <= _calls(improved)
+    assert "self.ui.statusLabel.text = message" in ast.unparse(improved)
+    buttons = ast.unparse(_method("TMCASegmenterWidget", "_updateResultButtons"))
+    assert "self.ui.improveModelButton.enabled = improving or not self.logic.isRunning" in buttons
+    assert "models.model_label" in _calls(_method("TMCASegmenterWidget", "_showModelLabel"))
+    assert "self._showModelLabel" in _calls(_method("TMCASegmenterWidget", "_showModelChoice"))
+    assert "self._showModelLabel" in _calls(_method("TMCASegmenterWidget", "onModelChoiceChanged"))

@@ -107,3 +107,43 @@ def test_a_failed_or_unreadable_run_is_not_promoted(tmp_path):
     (tmp_path / "finetune.json").write_text('{"promoted": true}')
     promoted, message = models.finetune_outcome(0, tmp_path)
     assert promoted is False and "unreadable" in message
+
+
+def test_the_logic_improves_a_model_and_the_panel_switches_to_it(tmp_path):
+    """The module itself (with stand-ins for slicer and qt): Logic.improveModel runs the engine, the widget offers the model."""
+    from unittest import mock
+
+    from fake_slicer import slicer_module
+
+    base, site = _base(tmp_path / "blind", -1000.0), _site(tmp_path / "site", False)
+    output = models.new_model_folder(site)
+    with slicer_module() as module:
+        logic = module.TMCASegmenterLogic()
+        completed = []
+        with mock.patch.object(module, "enginePython", return_value=sys.executable):
+            promoted, message = logic.improveModel(str(base), str(site), str(output), minutes=0.05, device="cpu",
+                                                   completedCallback=lambda *args: completed.append(args))
+        assert not logic.isRunning and not logic.isImproving
+        assert promoted is True and message.startswith("promoted:") and completed == [(True, message, str(output))]
+        assert (output / "config.json").is_file()
+
+        widget = module.TMCASegmenterWidget()
+        widget.logic, widget.ui, widget._parameterNode = logic, mock.MagicMock(), mock.MagicMock()
+        widget.ui.modelSourceComboBox.currentIndex = 0
+        module.slicer.modules = mock.MagicMock()
+        module.slicer.util.confirmYesNoDisplay = mock.MagicMock(return_value=True)
+        widget._onImproved(True, message, str(output))
+        assert widget.ui.statusLabel.text == message
+        assert widget.ui.improveModelButton.enabled is True and widget.ui.improveModelButton.text == "Improve model"
+        assert widget.ui.modelSourceComboBox.currentIndex == 1 and widget.ui.modelPathLineEdit.currentPath == str(output)
+        assert widget._parameterNode.modelPath == str(output)
+        assert widget.ui.modelPathLineEdit.toolTip == models.model_label(output) and "from blind" in models.model_label(output)
+
+        widget._parameterNode.modelPath = ""
+        widget.ui.modelSourceComboBox.currentIndex = 0
+        module.slicer.util.confirmYesNoDisplay = mock.MagicMock(return_value=False)
+        widget._onImproved(True, message, str(output))
+        assert widget._parameterNode.modelPath == "" and widget.ui.modelSourceComboBox.currentIndex == 0
+        module.slicer.util.confirmYesNoDisplay.reset_mock()
+        widget._onImproved(False, "not promoted: worse", str(output))
+        module.slicer.util.confirmYesNoDisplay.assert_not_called()

@@ -30,6 +30,9 @@ BACKENDS = ("auto", "eager", "onnx")
 """Inference backends (:mod:`tmca.backends`): ``eager`` PyTorch, ``onnx`` ONNX Runtime (CPU, 2D models),
 ``auto`` onnx where it applies, else eager."""
 
+DICOM_SEG_TYPES = ("binary", "labelmap")
+"""DICOM SEG types (:mod:`tmca.dicomseg`): BINARY for every reader, LABELMAP (compact) for findings that do not overlap."""
+
 PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
 """Slicing plane -> the numpy (z, y, x) axis its 2D slices walk along."""
 PLANES = tuple(PLANE_AXIS)

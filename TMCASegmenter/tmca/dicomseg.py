@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from tmca.atomic import atomic_path
 from tmca.errors import TMCAError
+from tmca.choices import DICOM_SEG_TYPES
 from tmca.protocol import FindingRecord
 
 ALGORITHM_NAME = "TMCASegmenter"
@@ -78,23 +79,30 @@ def write_dicom_seg(
     reference: sitk.Image,
     source_files: Sequence[Path],
     algorithm: Algorithm,
+    seg_type: str = "binary",
 ) -> None:
     """Write ``masks`` (one (z, y, x) boolean array per record) as a DICOM SEG at ``path``.
 
-    Raises ``TMCAError`` when there is no segment to write, or when the masks' grid does not lie
-    on the source slices.
+    seg_type: ``"binary"`` (one frame per segment and slice; every SEG reader) or ``"labelmap"``
+    (one frame per slice holding segment numbers; compact, DICOM 2024 and later readers, and only
+    for findings that do not overlap). Raises ``TMCAError`` when there is no segment to write,
+    when labelmap findings overlap, or when the masks' grid does not lie on the source slices.
     """
     import highdicom as hd
 
     if not records:
         raise TMCAError("no DICOM SEG written: the report states no positive finding, so there is no segment")
+    if seg_type not in DICOM_SEG_TYPES:
+        raise ValueError(f"unknown DICOM SEG type {seg_type!r}; choose one of {', '.join(DICOM_SEG_TYPES)}")
     sources = [_read_source(file) for file in source_files]
     frames, ordered = _frames_on_sources(np.stack([np.asarray(m, dtype=bool) for m in masks], axis=-1), reference, sources)
+    if seg_type == "labelmap":
+        frames = _label_frames(frames)
     descriptions = [_segment_description(hd, number, record, algorithm) for number, record in enumerate(records, start=1)]
     segmentation = hd.seg.Segmentation(
         source_images=ordered,
         pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=hd.seg.SegmentationTypeValues[seg_type.upper()],
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
         series_number=SERIES_NUMBER,
@@ -112,6 +120,15 @@ def write_dicom_seg(
             segmentation.save_as(tmp)
     except OSError as error:
         raise TMCAError(f"cannot write DICOM SEG {path}: {error.strerror or error}; choose another output path") from error
+
+
+def _label_frames(frames: np.ndarray) -> np.ndarray:
+    """(frames, rows, columns, segments) booleans -> (frames, rows, columns) uint8 segment numbers (0: none)."""
+    if (frames.sum(axis=-1) > 1).any():
+        raise TMCAError("findings overlap, and a LABELMAP DICOM SEG holds one finding per voxel; "
+                        "write the BINARY type instead (--dicom-seg-type binary)")
+    numbers = np.arange(1, frames.shape[-1] + 1, dtype=np.uint8)
+    return (frames.astype(np.uint8) * numbers).sum(axis=-1).astype(np.uint8)
 
 
 def _read_source(file: Path) -> pydicom.Dataset:

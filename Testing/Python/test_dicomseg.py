@@ -130,3 +130,30 @@ def test_cli_refuses_dicom_seg_for_non_dicom_input_before_running_the_model(tmp_
     assert done.returncode == 2
     assert "--dicom-seg needs DICOM input" in done.stderr  # checked before the (missing) model is loaded
     assert not (tmp_path / "x.seg.nrrd").exists() and not (tmp_path / "x.dcm").exists()
+
+
+def test_labelmap_seg_holds_segment_numbers_and_refuses_overlapping_findings(tmp_path):
+    write_series(tmp_path / "series")
+    loaded = load_image(tmp_path / "series")
+    shape = tuple(reversed(loaded.image.GetSize()))
+    first, second = np.zeros(shape, bool), np.zeros(shape, bool)
+    first[1, 10:20, 30:50] = True
+    second[1:3, 60:70, 60:64] = True  # shares slice 1 with the first, not its voxels
+    records = [_record("nodule", "Nodule in the left upper lobe.", 0), _record("mass", "Mass in the liver.", 1)]
+    sources = dicom_source_files(tmp_path / "series", None)
+    output = tmp_path / "labelmap.dcm"
+    write_dicom_seg(output, [first, second], records, loaded.image, sources, Algorithm("9.9", "ab" * 32), seg_type="labelmap")
+    seg = hd.seg.segread(output)
+    assert seg.SegmentationType == "LABELMAP"
+    labels = {int(item.SegmentNumber): item.SegmentLabel for item in seg.SegmentSequence}
+    assert labels[1] == "nodule" and labels[2] == "mass"  # (a LABELMAP SEG may also describe background as 0)
+    assert seg.NumberOfFrames < 2 * SLICES  # one frame per slice, not one per segment and slice
+    volume = seg.get_volume(combine_segments=True)
+    assert set(np.unique(volume.array).tolist()) == {0, 1, 2}
+    assert int((volume.array == 1).sum()) == int(first.sum()) and int((volume.array == 2).sum()) == int(second.sum())
+
+    overlapping = second.copy()
+    overlapping[1, 15, 35] = True
+    with pytest.raises(TMCAError, match="overlap"):
+        write_dicom_seg(tmp_path / "x.dcm", [first, overlapping], records, loaded.image, sources, Algorithm("9.9", "ab"), seg_type="labelmap")
+    assert not (tmp_path / "x.dcm").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tmca.choices import DICOM_SEG_TYPES
 from tmca.commands.arguments import add_backend, add_device, add_modality, add_plane, add_progress
 from tmca.errors import TMCAError
 from tmca.formats import READABLE_TEXT, SEGMENTATION_SUFFIXES, WRITABLE_VOLUME_SUFFIXES
@@ -28,6 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--probability", type=Path, help=f"also write the probability map ({_VOLUMES})")
     parser.add_argument("--relevance", type=Path, help=f"also write the language relevance map ({_VOLUMES})")
     parser.add_argument("--dicom-seg", type=Path, help="also write a DICOM Segmentation (.dcm); the input must be DICOM")
+    parser.add_argument("--dicom-seg-type", choices=DICOM_SEG_TYPES, default="binary",
+                        help="binary (default; every reader) or labelmap (compact; findings must not overlap)")
     parser.add_argument("--model", help="checkpoint folder (default: the bundled demo model)")
     add_device(parser)
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
@@ -112,7 +115,8 @@ def write_dicom_output(args: argparse.Namespace, result, sources) -> str | None:
     from tmca.dicomseg import algorithm_of, write_dicom_seg
     from tmca.models import resolve_model
 
-    write_dicom_seg(args.dicom_seg, list(result.masks), result.records, result.reference, sources, algorithm_of(resolve_model(args.model)))
+    write_dicom_seg(args.dicom_seg, list(result.masks), result.records, result.reference, sources,
+                    algorithm_of(resolve_model(args.model)), seg_type=args.dicom_seg_type)
     return str(args.dicom_seg)
 
 

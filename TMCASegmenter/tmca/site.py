@@ -32,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from tmca.atomic import atomic_path, check_writable, write_text_atomic
-from tmca.errors import TMCAError
+from tmca.errors import TMCAError, reason
 from tmca.findings import tidy_text
 
 MANIFEST = "manifest.csv"
@@ -231,7 +231,7 @@ def _write_image(image: sitk.Image, path: Path) -> None:
         with atomic_path(path) as tmp:
             sitk.WriteImage(image, str(tmp), useCompression=True)
     except RuntimeError as error:
-        raise TMCAError(f"cannot write {path}: {str(error).strip().splitlines()[-1]}") from None
+        raise TMCAError(f"cannot write {path}: {reason(error)}") from None
 
 
 def _write_manifest(folder: Path, rows: list[SiteExample]) -> None:

@@ -10,6 +10,7 @@ from tmca.choices import MODALITIES, PLANE_AXIS, PLANES
 from tmca.errors import TMCAError
 
 ENCODERS = ("efficientnet_lite0", "convnext_tiny", "small")
+LARGE_IMAGE_MODES = ("resize", "tile")
 LEVELS = (1, 2, 3, 4)
 
 
@@ -22,6 +23,9 @@ class TMCAConfig:
     ``text`` (off: image-only U-Net with the same encoder and decoder).
     ``modality`` is what the model was trained on, assumed for inputs without a modality tag;
     ``plane`` is the slicing plane a 2D model was trained on, the default at inference.
+    ``large_images`` is how the model saw slices larger than ``image_size``: "resize" (each slice
+    squeezed to image_size x image_size, in training and inference) or "tile" (trained on
+    image_size crops at native resolution; inference slides a window of that size over large slices).
     """
 
     spatial_dims: int = 2
@@ -48,6 +52,7 @@ class TMCAConfig:
     text: bool = True
     modality: str = "OT"
     plane: str = "axial"
+    large_images: str = "resize"
     intensity_policy: dict[str, Any] = field(default_factory=dict)
     training_summary: dict[str, Any] = field(default_factory=dict)
 
@@ -85,6 +90,8 @@ class TMCAConfig:
             problems.append("level_weights needs 4 values")
         if self.plane not in PLANE_AXIS:
             problems.append(f"plane must be one of {', '.join(PLANES)}, not {self.plane!r}")
+        if self.large_images not in LARGE_IMAGE_MODES:
+            problems.append(f"large_images must be one of {', '.join(LARGE_IMAGE_MODES)}, not {self.large_images!r}")
         if self.modality not in MODALITIES:
             problems.append(f"modality must be one of {', '.join(MODALITIES)}, not {self.modality!r}")
         if self.encoder == "convnext_tiny" and self.spatial_dims != 2:

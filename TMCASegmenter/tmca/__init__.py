@@ -5,7 +5,7 @@ The core package of the TMCASegmenter 3D Slicer extension. It never imports slic
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Segmenter", "TMCAError"]
+__all__ = ["__version__", "Click", "Segmenter", "TMCAError"]
 
 from tmca.errors import TMCAError
 
@@ -15,4 +15,8 @@ def __getattr__(name: str):
         from tmca.inference import Segmenter
 
         return Segmenter
+    if name == "Click":
+        from tmca.interactive import Click
+
+        return Click
     raise AttributeError(f"module 'tmca' has no attribute {name!r}")

@@ -128,7 +128,7 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu", text
     config_json = read_checkpoint_config(folder)
     if config_json.get("format") != FORMAT:
         raise TMCAError(f"model folder {folder}: unsupported checkpoint format {config_json.get('format')!r}")
-    config = TMCAConfig.from_dict(config_json["model"])
+    config = TMCAConfig.from_saved(config_json["model"])
     pretrained, config.encoder_pretrained = config.encoder_pretrained, False  # the weights come from the checkpoint
     try:
         model = TMCANet(config, text_encoder)

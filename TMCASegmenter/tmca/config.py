@@ -11,6 +11,8 @@ from tmca.errors import TMCAError
 
 ENCODERS = ("efficientnet_lite0", "convnext_tiny", "small")
 LARGE_IMAGE_MODES = ("resize", "tile")
+LEGACY_VALUES: dict[str, Any] = {"fine_depth": 1, "fine_guidance": False, "click_inputs": False}
+"""The architecture of checkpoints saved before these fields existed."""
 LEVELS = (1, 2, 3, 4)
 
 
@@ -23,6 +25,9 @@ class TMCAConfig:
     ``text`` (off: image-only U-Net with the same encoder and decoder).
     ``modality`` is what the model was trained on, assumed for inputs without a modality tag;
     ``plane`` is the slicing plane a 2D model was trained on, the default at inference.
+    ``fine_depth`` and ``fine_guidance`` shape the decoder's stride-2 and stride-1 stages (see
+    :class:`tmca.networks.decoder.TMCADecoder`); ``click_inputs``: the decoder takes corrective clicks
+    and the current mask (:mod:`tmca.networks.clicks`), so the model can refine a finding.
     ``large_images`` is how the model saw slices larger than ``image_size``: "resize" (each slice
     squeezed to image_size x image_size, in training and inference) or "tile" (trained on
     image_size crops at native resolution; inference slides a window of that size over large slices).
@@ -37,7 +42,10 @@ class TMCAConfig:
     text_encoder: str = "minilm"
     max_length: int = 64
     embed_dim: int = 256
-    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 24, 16)
+    fine_depth: int = 1
+    fine_guidance: bool = True
+    click_inputs: bool = False
     lgte_heads: int = 4
     align_levels: tuple[int, ...] = LEVELS
     level_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
@@ -80,6 +88,8 @@ class TMCAConfig:
             problems.append(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
         if self.encoder not in ENCODERS:
             problems.append(f"encoder must be one of {', '.join(ENCODERS)}, not {self.encoder!r}")
+        if self.fine_depth < 1:
+            problems.append(f"fine_depth must be at least 1, not {self.fine_depth}")
         if len(self.decoder_channels) != 5:
             problems.append("decoder_channels needs 5 widths (strides 16, 8, 4, 2, 1)")
         if any(c % self.lgte_heads for c in self.decoder_channels[:3]):
@@ -110,8 +120,14 @@ class TMCAConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TMCAConfig":
+        """Build from user settings (a YAML 'model:' section); missing keys take today's defaults."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise TMCAError(f"unknown model configuration keys: {', '.join(unknown)}; is the model from a newer tmca?")
         return cls(**values)
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> "TMCAConfig":
+        """Build from a checkpoint's config; a key that the checkpoint predates takes the value that rebuilds its architecture."""
+        return cls.from_dict({**LEGACY_VALUES, **values})

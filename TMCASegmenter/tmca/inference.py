@@ -26,6 +26,7 @@ from tmca.devices import resolve_device
 from tmca.errors import CancelledError, TMCAError
 from tmca.findings import Finding, segment_color, split_findings, tidy_text
 from tmca.imageio import LoadedImage, load_image, validate_voxels
+from tmca.interactive import Click
 from tmca.metrics import mask_statistics
 from tmca.models import resolve_model
 from tmca.negation import is_negative
@@ -34,6 +35,7 @@ from tmca.networks.text_encoder import TextFeatures
 from tmca.preprocess import model_input, preprocess
 from tmca.protocol import FindingRecord, segment_id
 from tmca.reconcile import check_finding
+from tmca.refine import RefineSource, SliceRefiner, click_voxels, finding_index, refine_probabilities, start_probability
 from tmca.segio import SegmentSpec, layer_placement, write_segmentation, write_volume
 from tmca.terminology import code_finding
 
@@ -48,7 +50,8 @@ class SegmentationResult:
 
     ``findings`` are the positive findings (one segment each); ``negative_findings`` the findings
     of absence, which get no segment (K is 0 for a report that states only absences). Each record
-    carries the finding's coded terminology and its report-to-mask checks.
+    carries the finding's coded terminology and its report-to-mask checks. ``source`` is what
+    :meth:`Segmenter.refine` needs to refine a finding (None for a model without click inputs).
     """
 
     reference: sitk.Image
@@ -57,6 +60,7 @@ class SegmentationResult:
     threshold: float
     relevance: np.ndarray | None = None
     negative_findings: list[Finding] = field(default_factory=list)
+    source: RefineSource | None = field(default=None, repr=False, compare=False)
     masks: np.ndarray = field(init=False)
     records: list[FindingRecord] = field(init=False)
 
@@ -93,7 +97,7 @@ class SegmentationResult:
     def with_threshold(self, threshold: float) -> "SegmentationResult":
         """The same probabilities cut at another threshold, without a new run."""
         return SegmentationResult(
-            self.reference, self.findings, self.probabilities, check_threshold(threshold), self.relevance, self.negative_findings
+            self.reference, self.findings, self.probabilities, check_threshold(threshold), self.relevance, self.negative_findings, self.source
         )
 
     @property
@@ -220,7 +224,59 @@ class Segmenter:
         texts = self._encode_findings(findings) if self.config.text else [None] * len(findings)
         probabilities, relevance = self._run_slices(volume, texts, PLANE_AXIS[plane], with_relevance, notify, stopper)
         notify(1, 1, "postprocessing")
-        return SegmentationResult(loaded.image, findings, probabilities, threshold, relevance, negative)
+        source = RefineSource(volume, PLANE_AXIS[plane], texts) if self.can_refine else None
+        return SegmentationResult(loaded.image, findings, probabilities, threshold, relevance, negative, source)
+
+    @property
+    def can_refine(self) -> bool:
+        """Whether the model was trained with click inputs (:meth:`refine` works)."""
+        return bool(self.config.click_inputs)
+
+    def refine(
+        self,
+        result: SegmentationResult,
+        finding: int | str,
+        clicks: list[Click],
+        threshold: float | None = None,
+        start_mask: np.ndarray | sitk.Image | None = None,
+    ) -> SegmentationResult:
+        """A new result in which only ``finding`` (its index or name) changed, redrawn with ``clicks``.
+
+        ``clicks``: every click on this finding so far (``tmca.Click(point, positive)``, points in the
+        image's LPS millimetres); ``result``: the latest result (its mask is the prior the model
+        corrects). ``start_mask``: the user's own edited mask of the finding (z, y, x array or an image
+        on the scan's grid) to start from instead. Only the clicked slices and the neighbours where the
+        target continues are recomputed. Bad input (no such finding, a click outside the image, a
+        model without click inputs) raises TMCAError and leaves ``result`` unchanged.
+        """
+        if not self.can_refine:
+            raise TMCAError(
+                f"model {self.model_path} was trained without click inputs, so it cannot refine a finding with clicks; "
+                "correct the mask in Segment Editor, or train a model with --click-training"
+            )
+        if result.source is None:
+            raise TMCAError("this result holds no source volume to refine (it was computed by a model without click inputs)")
+        index = finding_index([finding.name for finding in result.findings], finding)
+        voxels = click_voxels(result.reference, clicks)
+        threshold = result.threshold if threshold is None else check_threshold(threshold)
+        prior = start_probability(start_mask, result.probabilities[index], result.reference)
+        refiner = SliceRefiner(result.source, result.source.texts[index], self.config.image_size, self._prepare_slice, self.model.encoder,
+                               self._decode_with_clicks)  # fmt: skip
+        with torch.inference_mode():
+            refined, _ = refine_probabilities(refiner, result.probabilities[index], prior, voxels, result.source.axis, threshold)
+        probabilities = result.probabilities.copy()
+        probabilities[index] = refined
+        return SegmentationResult(
+            result.reference, result.findings, probabilities, threshold, result.relevance, result.negative_findings, result.source
+        )
+
+    def _prepare_slice(self, image: np.ndarray) -> torch.Tensor:
+        """One preprocessed slice (h, w) -> the model's input (1, C, S, S)."""
+        x = model_input(torch.from_numpy(np.ascontiguousarray(image[None], dtype=np.float32)).to(self.device), self.config.image_size)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def _decode_with_clicks(self, features, x: torch.Tensor, text: TextFeatures | None, clicks: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(features, x, text, with_alignment=False, clicks=clicks).logits
 
     def _load(self, image, modality: str | None, series_uid: str | None) -> LoadedImage:
         if isinstance(image, LoadedImage):

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from tmca.atomic import atomic_path, write_text_atomic
 from tmca.checkpoint import load_checkpoint, save_checkpoint
+from tmca.click_training import simulated_click_maps, wants_clicks
 from tmca.config import TMCAConfig
 from tmca.errors import TMCAError
 from tmca.losses import TMCALoss
@@ -70,14 +71,22 @@ def seed_everything(seed: int) -> None:
 class TrainingStep(nn.Module):
     """Model and loss in one module, so DistributedDataParallel sees every parameter the loss uses."""
 
-    def __init__(self, model: TMCANet, loss: TMCALoss) -> None:
+    def __init__(self, model: TMCANet, loss: TMCALoss, seed: int = 0) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
+        self.click_rng = np.random.default_rng(seed)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor, reports: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
-        output = self.model(image, reports if self.model.config.text else None)
-        return self.loss(self.model, output, mask, reports)
+        text = self.model.encode_text(reports) if self.model.config.text else None
+        features = self.model.encoder(image)
+        clicks = None
+        if self.model.config.click_inputs and wants_clicks(self.click_rng):
+            clicks = simulated_click_maps(self.model, [f.detach() for f in features], image, text, mask, self.click_rng)
+        output = self.model.decode(features, image, text, clicks=clicks)
+        stats_loss, stats = self.loss(self.model, output, mask, reports)
+        stats["clicks"] = float(clicks is not None)
+        return stats_loss, stats
 
 
 def _distributed() -> tuple[int, int]:
@@ -134,7 +143,7 @@ class Trainer:
         if options.resume:
             self._resume()
         self.model = self.model.to(memory_format=self.memory_format)
-        self.step_module = TrainingStep(self.model, TMCALoss(self.config.lambda_align, self.config.lambda_ds))
+        self.step_module = TrainingStep(self.model, TMCALoss(self.config.lambda_align, self.config.lambda_ds), options.seed + self.rank)
         self.trainer_module = (
             nn.parallel.DistributedDataParallel(self.step_module, find_unused_parameters=True) if self.world > 1 else self.step_module
         )

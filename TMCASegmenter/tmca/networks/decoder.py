@@ -1,4 +1,4 @@
-"""U-shaped decoder with text blocks at strides 16, 8, 4 and light stages at strides 2 and 1."""
+"""U-shaped decoder: LGTE text blocks at strides 16, 8, 4; text-gated stages at strides 2 and 1; optional click inputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tmca.networks.blocks import conv_block
-from tmca.networks.lgte import LanguageGuidedTargetEnhancement, PlainCrossAttentionBlock
+from tmca.networks.clicks import ClickEncoder
+from tmca.networks.lgte import FineTextGate, LanguageGuidedTargetEnhancement, PlainCrossAttentionBlock
 from tmca.networks.tsd import LevelEmbedding
 
 # Decoder stage -> encoder level whose projections guide it (strides 16, 8, 4).
@@ -37,6 +38,10 @@ class TMCADecoder(nn.Module):
     """features [S, F1, F2, F3, F4] (strides 2..32) + image (B, C_in, *full) -> logits (B, 1, *full).
 
     ``text_mode``: "lgte" (full TMCA), "cross_attention" (the lgte ablation) or None (image only).
+    ``fine_guidance``: with "lgte", the stride-2 and stride-1 stages are gated by the sentence and the
+    stride-4 relevance map too (:class:`FineTextGate`), so small targets keep the report's guidance.
+    ``fine_depth``: convolution blocks in each of the stride-2 and stride-1 stages.
+    ``click_inputs``: the decoder takes click maps (B, 3, *full) (:mod:`tmca.networks.clicks`).
     """
 
     def __init__(
@@ -49,6 +54,9 @@ class TMCADecoder(nn.Module):
         text_channels: int,
         heads: int,
         text_mode: str | None,
+        fine_guidance: bool = False,
+        fine_depth: int = 1,
+        click_inputs: bool = False,
     ) -> None:
         super().__init__()
         s2, f1, f2, f3, f4 = encoder_channels
@@ -58,8 +66,8 @@ class TMCADecoder(nn.Module):
                 UpStage(spatial_dims, f4, f3, c16, depth=2),
                 UpStage(spatial_dims, c16, f2, c8, depth=2),
                 UpStage(spatial_dims, c8, f1, c4, depth=2),
-                UpStage(spatial_dims, c4, s2, c2, depth=1),
-                UpStage(spatial_dims, c2, c1, c1, depth=1),
+                UpStage(spatial_dims, c4, s2, c2, depth=fine_depth),
+                UpStage(spatial_dims, c2, c1, c1, depth=fine_depth),
             ]
         )
         self.input_conv = conv_block(spatial_dims, in_channels, c1)
@@ -75,6 +83,9 @@ class TMCADecoder(nn.Module):
         else:
             raise ValueError(f"unknown text_mode {text_mode!r}")
         self.text_blocks = nn.ModuleList(block(c, embed_dim, text_channels, heads) for c in (c16, c8, c4)) if block else None
+        use_fine_gates = fine_guidance and text_mode == "lgte"
+        self.fine_gates = nn.ModuleList(FineTextGate(c, text_channels) for c in (c2, c1)) if use_fine_gates else None
+        self.clicks = ClickEncoder(spatial_dims, (f3, f2, f1, s2, c1)) if click_inputs else None
 
     def forward(
         self,
@@ -82,17 +93,27 @@ class TMCADecoder(nn.Module):
         image: torch.Tensor,
         embeddings: dict[int, LevelEmbedding] | None = None,
         sentence: torch.Tensor | None = None,
+        clicks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Returns logits (B, 1, *full) and the relevance logits of the LGTE stages (coarse to fine)."""
+        """Returns logits (B, 1, *full) and the relevance logits of the LGTE stages (coarse to fine).
+
+        ``clicks``: (B, 3, *full) click maps for a decoder with click inputs (None: no clicks).
+        """
         s2, f1, f2, f3, f4 = features
+        skips = [f3, f2, f1, s2, self.input_conv(image)]
+        if self.clicks is not None and clicks is not None:  # no clicks: the branch would add exactly zero
+            maps = clicks.to(image.dtype)
+            skips = [skip + extra for skip, extra in zip(skips, self.clicks(maps, [skip.shape[2:] for skip in skips]))]
         x = f4
         relevance: list[torch.Tensor] = []
-        for index, skip in enumerate((f3, f2, f1)):
-            x = self.stages[index](x, skip)
+        for index in range(3):
+            x = self.stages[index](x, skips[index])
             if self.text_blocks is not None:
                 x, logits = self.text_blocks[index](x, embeddings[GUIDED_LEVELS[index]], sentence)
                 if logits is not None:
                     relevance.append(logits)
-        x = self.stages[3](x, s2)
-        x = self.stages[4](x, self.input_conv(image))
+        for index in (3, 4):
+            x = self.stages[index](x, skips[index])
+            if self.fine_gates is not None:
+                x = self.fine_gates[index - 3](x, sentence, relevance[-1])
         return self.head(x), relevance

@@ -70,3 +70,25 @@ class LanguageGuidedTargetEnhancement(nn.Module):
         if logits.shape[2:] != x.shape[2:]:
             logits = F.interpolate(logits, size=x.shape[2:], mode="nearest")
         return x2 * (1 + self.alpha * torch.sigmoid(logits)), logits
+
+
+class FineTextGate(nn.Module):
+    """Report guidance for the fine decoder stages (strides 2 and 1), without attention at full resolution.
+
+    X' = (X * (1 + g(t)) + h(t)) * (1 + alpha * sigmoid(A_up)), where A_up is the stride-4 LGTE relevance
+    logits upsampled to X's grid. x (B, C, *s), sentence (B, d_t), relevance (B, 1, *s_coarse) -> (B, C, *s).
+    """
+
+    def __init__(self, channels: int, text_channels: int) -> None:
+        super().__init__()
+        self.film = nn.Linear(text_channels, 2 * channels)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        self.alpha = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x: torch.Tensor, sentence: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(sentence).chunk(2, dim=-1)
+        view = (...,) + (None,) * (x.ndim - 2)
+        mode = "bilinear" if x.ndim == 4 else "trilinear"
+        gate = torch.sigmoid(F.interpolate(relevance, size=x.shape[2:], mode=mode, align_corners=False))
+        return (x * (1 + scale[view]) + shift[view]) * (1 + self.alpha * gate)

@@ -58,14 +58,21 @@ class TMCANet(nn.Module):
             )
             text_mode = "lgte" if config.lgte else "cross_attention"
         self.decoder = TMCADecoder(
-            config.spatial_dims, config.in_channels, channels, config.decoder_channels, config.embed_dim, text_channels, config.lgte_heads, text_mode
-        )
+            config.spatial_dims, config.in_channels, channels, config.decoder_channels, config.embed_dim, text_channels, config.lgte_heads,
+            text_mode, config.fine_guidance, config.fine_depth, config.click_inputs,
+        )  # fmt: skip
 
     def encode_text(self, reports: Sequence[str]) -> TextFeatures:
         return self.text_encoder(list(reports))
 
-    def forward(self, image: torch.Tensor, text: Sequence[str] | TextFeatures | None = None, with_alignment: bool | None = None) -> TMCAOutput:
-        return self.decode(self.encoder(image), image, text, with_alignment)
+    def forward(
+        self,
+        image: torch.Tensor,
+        text: Sequence[str] | TextFeatures | None = None,
+        with_alignment: bool | None = None,
+        clicks: torch.Tensor | None = None,
+    ) -> TMCAOutput:
+        return self.decode(self.encoder(image), image, text, with_alignment, clicks)
 
     def decode(
         self,
@@ -73,10 +80,14 @@ class TMCANet(nn.Module):
         image: torch.Tensor,
         text: Sequence[str] | TextFeatures | None = None,
         with_alignment: bool | None = None,
+        clicks: torch.Tensor | None = None,
     ) -> TMCAOutput:
-        """The text-dependent part: reuse one image's encoder ``features`` for several reports."""
+        """The text- and click-dependent part: reuse one image's encoder ``features`` for several reports
+        and refinement rounds. ``clicks``: (B, 3, *spatial) maps for a model with click inputs."""
+        if clicks is not None and not self.config.click_inputs:
+            raise ValueError("this model was trained without click inputs; it cannot refine with clicks")
         if not self.config.text:
-            logits, _ = self.decoder(features, image)
+            logits, _ = self.decoder(features, image, clicks=clicks)
             return TMCAOutput(logits)
         if text is None:
             raise ValueError("this model is language-guided: pass the reports")
@@ -88,7 +99,7 @@ class TMCANet(nn.Module):
             level: self.projections[str(level)](features[level], text.tokens, text.mask, text.sentence)
             for level in sorted(set(GUIDED_LEVELS) | set(alignment_levels))
         }
-        logits, relevance = self.decoder(features, image, embeddings, text.sentence)
+        logits, relevance = self.decoder(features, image, embeddings, text.sentence, clicks)
         return TMCAOutput(logits, relevance, {level: embeddings[level] for level in alignment_levels})
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,151 @@
+"""Click inputs and Segmenter.refine: only the clicked finding and slices change; bad clicks are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import tmca
+from tmca.checkpoint import save_checkpoint
+from tmca.config import TMCAConfig
+from tmca.interactive import click_maps, next_click
+from tmca.networks.tmca_net import TMCANet
+
+
+@pytest.fixture(scope="module")
+def click_model_dir(tmp_path_factory, text_encoder):
+    """A small checkpoint with click inputs whose click branch is switched on (random, not zero, weights)."""
+    torch.manual_seed(0)
+    config = TMCAConfig(encoder="small", encoder_pretrained=False, image_size=64, embed_dim=32, decoder_channels=(32, 16, 16, 8, 8),
+                        click_inputs=True)  # fmt: skip
+    model = TMCANet(config, text_encoder)
+    for head in model.decoder.clicks.heads:
+        torch.nn.init.normal_(head.weight, std=0.5)
+    return save_checkpoint(tmp_path_factory.mktemp("models") / "clicks", model)
+
+
+@pytest.fixture(scope="module")
+def segmenter(click_model_dir):
+    return tmca.Segmenter(click_model_dir, device="cpu")
+
+
+@pytest.fixture
+def volume():
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((10, 80, 96), dtype=np.float32))
+    image.SetSpacing((0.8, 0.8, 2.0))
+    image.SetOrigin((10.0, 20.0, 30.0))
+    return image
+
+
+def test_refine_changes_only_the_finding_and_slices_near_the_click(segmenter, volume):
+    assert segmenter.can_refine
+    result = segmenter.segment(volume, "Nodule in the left lobe. Effusion on the right.")
+    assert len(result.findings) == 2
+    point = volume.TransformIndexToPhysicalPoint((40, 30, 5))  # x, y, z
+    refined = segmenter.refine(result, 1, [tmca.Click(point, positive=True)])
+    np.testing.assert_array_equal(refined.probabilities[0], result.probabilities[0])
+    changed = np.flatnonzero(np.abs(refined.probabilities[1] - result.probabilities[1]).max(axis=(1, 2)) > 1e-6)
+    assert 5 in changed and set(changed) <= set(range(5 - 12, 5 + 13))
+    assert refined.records[1].segment_id == result.records[1].segment_id
+    by_name = segmenter.refine(result, result.findings[1].name, [tmca.Click(point, positive=True)])
+    np.testing.assert_array_equal(by_name.probabilities, refined.probabilities)
+
+
+def test_start_mask_is_the_prior(segmenter, volume):
+    result = segmenter.segment(volume, "Nodule in the left lobe.")
+    point = volume.TransformIndexToPhysicalPoint((40, 30, 5))
+    edited = np.zeros((10, 80, 96), dtype=np.uint8)
+    edited[5, 20:40, 30:50] = 1
+    plain = segmenter.refine(result, 0, [tmca.Click(point)])
+    from_edits = segmenter.refine(result, 0, [tmca.Click(point)], start_mask=edited)
+    assert not np.allclose(plain.probabilities[0, 5], from_edits.probabilities[0, 5])
+    with pytest.raises(tmca.TMCAError, match="shape"):
+        segmenter.refine(result, 0, [tmca.Click(point)], start_mask=edited[:5])
+
+
+@pytest.mark.parametrize(
+    "finding, clicks, message",
+    [
+        (0, [tmca.Click((1e4, 0.0, 0.0))], "outside the image"),
+        (3, None, "no finding 3"),
+        ("spleen", None, "no finding named 'spleen'"),
+        (0, [], "at least one click"),
+        (0, [((10, 20, 30), True)], "tmca.Click"),
+    ],
+)
+def test_bad_refine_requests_raise_and_leave_the_result(segmenter, volume, finding, clicks, message):
+    result = segmenter.segment(volume, "Nodule in the left lobe.")
+    before = result.probabilities.copy()
+    if clicks is None:
+        clicks = [tmca.Click(volume.TransformIndexToPhysicalPoint((40, 30, 5)))]
+    with pytest.raises(tmca.TMCAError, match=message):
+        segmenter.refine(result, finding, clicks)
+    np.testing.assert_array_equal(result.probabilities, before)
+
+
+def test_a_click_point_must_be_three_finite_numbers():
+    with pytest.raises(tmca.TMCAError, match="three"):
+        tmca.Click((1.0, 2.0))
+    with pytest.raises(tmca.TMCAError, match="finite"):
+        tmca.Click((1.0, float("nan"), 2.0))
+
+
+def test_model_without_click_inputs_says_it_cannot_refine(tiny_model_dir, volume):
+    segmenter = tmca.Segmenter(tiny_model_dir, device="cpu")
+    assert not segmenter.can_refine
+    result = segmenter.segment(volume, "Nodule in the left lobe.")
+    assert result.source is None
+    with pytest.raises(tmca.TMCAError, match="without click inputs"):
+        segmenter.refine(result, 0, [tmca.Click(volume.TransformIndexToPhysicalPoint((40, 30, 5)))])
+
+
+def test_zero_click_maps_give_the_report_only_prediction(small_config, text_encoder):
+    model = TMCANet(small_config(click_inputs=True), text_encoder).eval()
+    for head in model.decoder.clicks.heads:
+        torch.nn.init.normal_(head.weight)
+    image = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        plain = model(image, ["nodule", "nodule"]).logits
+        zeros = model(image, ["nodule", "nodule"], clicks=torch.zeros(2, 3, 64, 64)).logits
+        clicked = model(image, ["nodule", "nodule"], clicks=click_maps((64, 64), 64, [(30, 30)], [], None)[None].expand(2, -1, -1, -1)).logits
+    torch.testing.assert_close(plain, zeros)
+    assert not torch.allclose(plain, clicked)
+
+
+def test_models_saved_before_click_inputs_load_with_their_old_decoder():
+    legacy = TMCAConfig.from_saved({"encoder": "small", "encoder_pretrained": False, "decoder_channels": [128, 64, 32, 16, 8]})
+    assert (legacy.fine_depth, legacy.fine_guidance, legacy.click_inputs) == (1, False, False)
+    assert TMCAConfig.from_dict({}).fine_guidance
+
+
+def test_next_click_is_at_the_centre_of_the_largest_error():
+    truth = np.zeros((40, 40), dtype=bool)
+    truth[5:15, 5:15] = True  # found
+    truth[20:35, 20:35] = True  # missed, the largest error
+    prediction = np.zeros_like(truth)
+    prediction[5:15, 5:15] = True
+    prediction[0:3, 30:33] = True  # a small false part
+    (row, column), positive = next_click(prediction, truth)
+    assert positive and (row, column) in {(27, 27), (27, 28), (28, 27), (28, 28)}
+    prediction[20:35, 20:35] = True
+    (row, column), positive = next_click(prediction, truth)
+    assert not positive and 0 <= row < 3 and 30 <= column < 33
+    assert next_click(truth, truth) is None
+
+
+def test_training_with_click_inputs_simulates_clicks_on_half_the_batches(small_config, text_encoder):
+    from tmca.losses import TMCALoss
+    from tmca.training import TrainingStep
+
+    model = TMCANet(small_config(click_inputs=True), text_encoder)
+    step = TrainingStep(model, TMCALoss(), seed=0)
+    image, mask = torch.rand(2, 1, 64, 64), (torch.rand(2, 1, 64, 64) > 0.8).float()
+    used = []
+    for _ in range(12):
+        loss, stats = step(image, mask, ["nodule", "nodule"])
+        loss.backward()
+        used.append(stats["clicks"])
+    assert 0 < sum(used) < 12
+    assert all(p.grad is not None for p in model.decoder.clicks.parameters())

@@ -53,7 +53,6 @@ _TEMPLATES_TWO = (
 _TARGET_RGB = (118.0, 66.0, 158.0)  # hematoxylin purple
 _DISTRACTOR_HUE = 0.08  # brown (hue in [0, 1)); its value is solved for the target's luminance
 _BACKGROUND_RGB = (236.0, 184.0, 204.0)  # eosin pink
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 @dataclass
@@ -70,8 +69,10 @@ class FineCase:
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R 601 grey value (as PIL's ``convert("L")``) of ``rgb`` (..., 3)."""
-    return np.asarray(rgb, dtype=np.float32) @ _LUMA
+    """ITU-R 601 grey value of ``rgb`` (..., 3): what ``tmca.imageio`` makes of a colour pixel for a grey model."""
+    from tmca.imageio import LUMINANCE_WEIGHTS  # here: the command line imports this module for its defaults
+
+    return np.asarray(rgb, dtype=np.float32) @ np.asarray(LUMINANCE_WEIGHTS, dtype=np.float32)
 
 
 def _same_luminance(hue: float, saturation: float, target: np.ndarray) -> np.ndarray:

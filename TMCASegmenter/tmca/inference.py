@@ -24,6 +24,7 @@ from tmca.checkpoint import load_checkpoint
 from tmca.choices import PLANE_AXIS, check_modality, check_plane
 from tmca.devices import resolve_device
 from tmca.errors import CancelledError, TMCAError
+from tmca.feature_cache import CachedEncoderRunner
 from tmca.findings import Finding, segment_color, split_findings, tidy_text
 from tmca.imageio import LoadedImage, load_image, validate_voxels
 from tmca.interactive import Click
@@ -163,9 +164,19 @@ class Segmenter:
     batch_size: slices per forward pass (None: 16 on CPU, 64 on a GPU).
     backend: "eager" (PyTorch), "onnx" (ONNX Runtime, CPU, 2D models; exported once per checkpoint and
     cached) or "auto" (onnx where it applies, else eager); see :mod:`tmca.backends`.
+    feature_cache_mb: keep up to this many MB of image-encoder features (and the last preprocessed
+    volume), so that another report on the same scan runs the decoder only (the warm engine's
+    setting; 0, the default, keeps nothing).
     """
 
-    def __init__(self, model: str | Path | None = None, device: str = "auto", batch_size: int | None = None, backend: str = "eager") -> None:
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        device: str = "auto",
+        batch_size: int | None = None,
+        backend: str = "eager",
+        feature_cache_mb: int = 0,
+    ) -> None:
         self.model_path = resolve_model(model)
         self.device = resolve_device(device)
         self.model, self.checkpoint = load_checkpoint(self.model_path, self.device)
@@ -181,6 +192,11 @@ class Segmenter:
         if self.batch_size < 1:
             raise TMCAError(f"batch size must be at least 1, not {batch_size}")
         self.runner = make_runner(backend, self.model, self.model_path, self.device)
+        if feature_cache_mb < 0:
+            raise TMCAError(f"feature_cache_mb must be 0 or more, not {feature_cache_mb}")
+        if feature_cache_mb:
+            self.runner = CachedEncoderRunner(self.runner, feature_cache_mb * 1024**2)
+        self._preprocessed: tuple[LoadedImage, tuple, np.ndarray] | None = None
 
     def segment(
         self,
@@ -214,7 +230,7 @@ class Segmenter:
         loaded = self._load(image, modality, series_uid)
         stopper.check()
         notify(0, 1, "preprocessing")
-        volume = preprocess(loaded, self.config.modality, self.config.intensity_policy or None)
+        volume = self._preprocess(loaded)
         if loaded.was_2d:
             plane = "axial"  # a single slice
         if not findings:  # only findings of absence: nothing to segment, the model does not run
@@ -277,6 +293,16 @@ class Segmenter:
 
     def _decode_with_clicks(self, features, x: torch.Tensor, text: TextFeatures | None, clicks: torch.Tensor) -> torch.Tensor:
         return self.model.decode(features, x, text, with_alignment=False, clicks=clicks).logits
+
+    def _preprocess(self, loaded: LoadedImage) -> np.ndarray:
+        """The model-ready volume; with a feature cache, the last one is kept for the same LoadedImage object."""
+        key = (self.config.modality, repr(self.config.intensity_policy))
+        if self._preprocessed is not None and self._preprocessed[0] is loaded and self._preprocessed[1] == key:
+            return self._preprocessed[2]
+        volume = preprocess(loaded, self.config.modality, self.config.intensity_policy or None)
+        if isinstance(self.runner, CachedEncoderRunner):
+            self._preprocessed = (loaded, key, volume)
+        return volume
 
     def _load(self, image, modality: str | None, series_uid: str | None) -> LoadedImage:
         if isinstance(image, LoadedImage):

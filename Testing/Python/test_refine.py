@@ -149,3 +149,18 @@ def test_training_with_click_inputs_simulates_clicks_on_half_the_batches(small_c
         used.append(stats["clicks"])
     assert 0 < sum(used) < 12
     assert all(p.grad is not None for p in model.decoder.clicks.parameters())
+
+
+def test_feature_cache_reuses_the_encoder_for_a_second_report_with_identical_results(tiny_model_dir, volume):
+    plain = tmca.Segmenter(tiny_model_dir, device="cpu")
+    warm = tmca.Segmenter(tiny_model_dir, device="cpu", feature_cache_mb=64)
+    loaded = plain._load(volume, None, None)
+    first = warm.segment(loaded, "Nodule in the left lobe.")
+    misses = warm.runner.misses
+    second = warm.segment(loaded, "Effusion on the right.")
+    assert warm.runner.misses == misses and warm.runner.hits >= misses
+    np.testing.assert_array_equal(second.probabilities, plain.segment(loaded, "Effusion on the right.").probabilities)
+    np.testing.assert_array_equal(first.probabilities, plain.segment(loaded, "Nodule in the left lobe.").probabilities)
+    changed = sitk.GetImageFromArray(sitk.GetArrayFromImage(volume)[::-1].copy())
+    warm.segment(changed, "Nodule in the left lobe.")
+    assert warm.runner.misses > misses

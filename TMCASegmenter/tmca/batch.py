@@ -372,6 +372,7 @@ def run_batch(
     batch_size: int | None = None,
     dicom_seg: bool = False,
     backend: str = "eager",
+    large_images: str | None = None,
 ) -> list[dict[str, Any]]:
     """Segment every case of ``study_dir`` into ``output_dir``; return the summary rows.
 
@@ -383,7 +384,8 @@ def run_batch(
     the reports do not name uses its sidecar ``<case>.txt`` (beside the image or in the study
     folder). shard: ``"I/N"`` or a :class:`Shard`. progress(done, total, stage, **extra) is
     called before and after every case (extra: ``case``; when it is done ``status``, and ``error``
-    when it failed). backend: the engine's inference backend (see :class:`tmca.inference.Segmenter`).
+    when it failed). backend: the engine's inference backend, large_images: how slices larger than the
+    model's input are predicted (None: as the model was trained; see :class:`tmca.inference.Segmenter`).
 
     Raises ``TMCAError`` for a bad study folder, reports CSV, model, device or shard, and
     ``CancelledError`` (after recording the summary) when interrupted. Failing cases do not
@@ -402,11 +404,12 @@ def run_batch(
     cases = _cases_of_study(study, output, listed)
     resolve_device(device)
     model_path = resolve_model(model)
+    large_images = _large_images_override(model_path, large_images)
     run = _BatchRun(
         study=study, output=_output_folder(output_dir), cases=shard.select(cases) if shard else cases, reports=listed,
         shard=shard, model_path=model_path, device=device, threshold=threshold, probability=bool(probability),
         overwrite=bool(overwrite), fail_fast=bool(fail_fast), batch_size=batch_size, backend=backend,
-        settings_sha256=_settings_sha256(model_path, threshold), dicom_seg=bool(dicom_seg),
+        settings_sha256=_settings_sha256(model_path, threshold, large_images), dicom_seg=bool(dicom_seg), large_images=large_images,
     )  # fmt: skip
     return run.execute(progress or (lambda done, total, stage, **extra: None))
 
@@ -454,6 +457,7 @@ class _BatchRun:
     settings_sha256: str
     dicom_seg: bool = False
     backend: str = "eager"
+    large_images: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     segmenter: Any = field(default=None, repr=False)
 
@@ -604,7 +608,9 @@ class _BatchRun:
             from tmca.inference import Segmenter
 
             progress(done, len(self.cases), "loading model")
-            self.segmenter = Segmenter(self.model_path, device=self.device, batch_size=self.batch_size, backend=self.backend)
+            self.segmenter = Segmenter(
+                self.model_path, device=self.device, batch_size=self.batch_size, backend=self.backend, large_images=self.large_images
+            )  # fmt: skip
         return self.segmenter
 
     # -- resume state --------------------------------------------------------------------------
@@ -777,15 +783,29 @@ def _clinical_columns(result) -> dict[str, Any]:
     }
 
 
-def _settings_sha256(model_path: Path, threshold: float) -> str:
-    """Identity of what makes a case's outputs: the checkpoint's manifest (hashes of its files) and the threshold."""
+def _settings_sha256(model_path: Path, threshold: float, large_images: str | None = None) -> str:
+    """Identity of what makes a case's outputs: the checkpoint's manifest (hashes of its files), the threshold
+    and a large-image mode other than the model's own."""
     from tmca.checkpoint import MANIFEST_FILE, sha256_of
 
     try:
         model = sha256_of(model_path / MANIFEST_FILE)
     except OSError:
         raise TMCAError(f"model folder {model_path} has no readable {MANIFEST_FILE}; pass a tmca checkpoint folder") from None
-    return _text_sha256(json.dumps({"model": model, "threshold": threshold}, sort_keys=True))
+    settings = {"model": model, "threshold": threshold} | ({"large_images": large_images} if large_images else {})
+    return _text_sha256(json.dumps(settings, sort_keys=True))
+
+
+def _large_images_override(model_path: Path, requested: str | None) -> str | None:
+    """``requested`` when it changes how the model predicts large slices, else None (checked before any work)."""
+    from tmca.checkpoint import read_checkpoint_config
+    from tmca.sliding import resolve_large_images
+
+    if requested is None:
+        return None
+    trained = str(read_checkpoint_config(model_path).get("model", {}).get("large_images", "resize"))
+    mode = resolve_large_images(requested, trained)
+    return mode if mode != trained else None
 
 
 def _inputs_sha256(case: Case) -> str:

@@ -68,7 +68,12 @@ def evaluate(
     seed: int = 0,
     progress: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
-    """Score ``samples`` (objects with image, mask, report, case_id); returns means and per-case scores."""
+    """Score ``samples`` (objects with image, mask, report, case_id); returns means and per-case scores.
+
+    eval_size: score at eval_size x eval_size: image and mask are resized first (:func:`resize_case`), or,
+    when the segmenter slides a window over large slices, its prediction at native resolution and the
+    mask are (nearest), so that the model sees the image at the scale it was trained on.
+    """
     reports = [sample.report for sample in samples]
     if shuffle_text:
         reports = [reports[i] for i in derangement(len(reports), seed)]
@@ -76,10 +81,14 @@ def evaluate(
     for index, (sample, report) in enumerate(zip(samples, reports)):
         image = load_image(sample.image)
         truth = read_mask(sample.mask)  # may be empty ("No focal lesion."), which load_image would refuse
-        if eval_size:
+        if eval_size and segmenter.large_images == "tile":  # windows at native resolution, then scored at eval_size
+            predicted = segmenter.segment(image, report).masks.any(axis=0)
             image, truth = resize_case(image, truth, eval_size)
-        result = segmenter.segment(image, report)
-        predicted = result.masks.any(axis=0)
+            predicted = resize_slices(torch.from_numpy(predicted.astype(np.float32)), eval_size, mode="nearest")[:, 0].numpy() > 0.5
+        else:
+            if eval_size:
+                image, truth = resize_case(image, truth, eval_size)
+            predicted = segmenter.segment(image, report).masks.any(axis=0)
         spacing = image.image.GetSpacing()[::-1]
         scores.append(CaseScore(sample.case_id, report, dice(predicted, truth), iou(predicted, truth), hd95(predicted, truth, spacing)))
         if progress:

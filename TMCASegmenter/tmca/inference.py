@@ -38,6 +38,7 @@ from tmca.protocol import FindingRecord, segment_id
 from tmca.reconcile import check_finding
 from tmca.refine import RefineSource, SliceRefiner, click_voxels, finding_index, refine_probabilities, start_probability
 from tmca.segio import SegmentSpec, layer_placement, write_segmentation, write_volume
+from tmca.sliding import needs_windows, predict_by_windows, resolve_large_images, window_count
 from tmca.terminology import code_finding
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,10 @@ class Segmenter:
     feature_cache_mb: keep up to this many MB of image-encoder features (and the last preprocessed
     volume), so that another report on the same scan runs the decoder only (the warm engine's
     setting; 0, the default, keeps nothing).
+    large_images: how slices larger than the model's input size are predicted: None (as the model was
+    trained, its config's ``large_images``), "resize" (squeezed to the input size) or "tile" (a window of
+    the input size slides over the slice at native resolution; see :mod:`tmca.sliding`). batch_size
+    then counts windows.
     """
 
     def __init__(
@@ -176,6 +181,7 @@ class Segmenter:
         batch_size: int | None = None,
         backend: str = "eager",
         feature_cache_mb: int = 0,
+        large_images: str | None = None,
     ) -> None:
         self.model_path = resolve_model(model)
         self.device = resolve_device(device)
@@ -191,6 +197,7 @@ class Segmenter:
         self.batch_size = batch_size or (16 if self.device.type == "cpu" else 64)
         if self.batch_size < 1:
             raise TMCAError(f"batch size must be at least 1, not {batch_size}")
+        self.large_images = resolve_large_images(large_images, self.config.large_images)
         self.runner = make_runner(backend, self.model, self.model_path, self.device)
         if feature_cache_mb < 0:
             raise TMCAError(f"feature_cache_mb must be 0 or more, not {feature_cache_mb}")
@@ -336,9 +343,9 @@ class Segmenter:
         notify(0, total, "segmenting")
         while start < count:
             stopper.check()
-            stop = min(start + self.batch_size, count)
+            stop = min(start + self._slices_per_batch((height, width)), count)
             try:
-                batch_probabilities, batch_relevance = self._predict_batch(slices[start:stop], texts, (height, width), with_relevance)
+                batch_probabilities, batch_relevance = self._predict_batch(slices[start:stop], texts, (height, width), with_relevance, stopper.check)
             except torch.cuda.OutOfMemoryError:
                 self._shrink_after_out_of_memory()
                 continue
@@ -350,7 +357,23 @@ class Segmenter:
         probabilities = np.moveaxis(probabilities, 1, axis + 1)
         return np.ascontiguousarray(probabilities), None if relevance is None else np.ascontiguousarray(np.moveaxis(relevance, 1, axis + 1))
 
-    def _predict_batch(self, slices: np.ndarray, texts, size: tuple[int, int], with_relevance: bool):
+    def _slides(self, size: tuple[int, int]) -> bool:
+        return self.large_images == "tile" and needs_windows(size, self.config.image_size)
+
+    def _slices_per_batch(self, size: tuple[int, int]) -> int:
+        """Slices per batch: ``batch_size``, or when windows slide, as many slices as ``batch_size`` windows hold (at least one)."""
+        if not self._slides(size):
+            return self.batch_size
+        return max(1, self.batch_size // window_count(size, self.config.image_size))
+
+    def _predict_batch(self, slices: np.ndarray, texts, size: tuple[int, int], with_relevance: bool, check=None):
+        if self._slides(size):
+            with torch.inference_mode(), self._autocast():
+                native = torch.from_numpy(np.ascontiguousarray(slices)).to(self.device, torch.float32)[:, None]  # (N, 1, H, W)
+                probabilities, relevance = predict_by_windows(
+                    self.runner.encode, self.runner.decode, native, texts, self.config.image_size, self.batch_size, with_relevance, check=check
+                )  # fmt: skip
+            return probabilities.cpu().numpy(), None if relevance is None else relevance.cpu().numpy()
         with torch.inference_mode(), self._autocast():
             x = model_input(torch.from_numpy(np.ascontiguousarray(slices)).to(self.device, torch.float32), self.config.image_size)
             x = x.contiguous(memory_format=torch.channels_last)

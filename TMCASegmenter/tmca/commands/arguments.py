@@ -48,3 +48,15 @@ def add_plane(parser: argparse.ArgumentParser, help: str) -> None:
 
 def add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", choices=("json", "bar"), default="bar", help="json: one JSON object per line on stdout")
+
+
+def add_resize_large(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resize-large", action="store_true",
+                        help="squeeze slices larger than the model's input size to it instead of sliding a window of that size "
+                             "over them at native resolution (the default for models trained on native-resolution crops; "
+                             "models trained on resized slices always resize, so for them this changes nothing)")
+
+
+def large_images_of(args: argparse.Namespace) -> str | None:
+    """The ``Segmenter(large_images=...)`` the command line asks for: "resize", or None (as the model was trained)."""
+    return "resize" if getattr(args, "resize_large", False) else None

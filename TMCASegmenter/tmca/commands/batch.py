@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tmca.commands.arguments import add_backend, add_device, add_progress
+from tmca.commands.arguments import add_backend, add_device, add_progress, add_resize_large, large_images_of
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -25,8 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", help="checkpoint folder (default: the bundled demo model)")
     add_device(parser)
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
-    parser.add_argument("--batch-size", type=int, help="slices per forward pass (default 16 on CPU, 64 on GPU)")
+    parser.add_argument("--batch-size", type=int, help="slices (windows, when a window slides over large slices) per forward pass (default 16 on CPU, 64 on GPU)")
     add_backend(parser)
+    add_resize_large(parser)
     parser.add_argument("--probability", action="store_true", help="also write OUT_DIR/<case>.probability.nrrd")
     parser.add_argument("--dicom-seg", action="store_true", help="also write OUT_DIR/<case>.dcm, a DICOM Segmentation (DICOM cases only)")
     parser.add_argument("--shard", metavar="I/N", help="I/N: run only shard I of N (1 <= I <= N); merge the shards with tmca batch-merge")
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                 args.study_dir, args.output, reports=args.reports, model=args.model, device=args.device,
                 threshold=args.threshold, probability=args.probability, shard=shard, overwrite=args.overwrite,
                 fail_fast=args.fail_fast, progress=_with_case_lines(progress), batch_size=args.batch_size,
-                dicom_seg=args.dicom_seg, backend=args.backend,
+                dicom_seg=args.dicom_seg, backend=args.backend, large_images=large_images_of(args),
             )  # fmt: skip
     finally:
         progress.close()

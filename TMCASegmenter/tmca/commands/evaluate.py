@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tmca.commands.arguments import add_device, add_progress
+from tmca.commands.arguments import add_device, add_progress, add_resize_large, large_images_of
 from tmca.formats import DATASET_FORMATS
 
 
@@ -17,9 +17,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--format", required=True, choices=DATASET_FORMATS, help="dataset layout")
     parser.add_argument("--split", default="Test")
     parser.add_argument("--shuffle-text", action="store_true", help="give each image another case's report")
-    parser.add_argument("--eval-size", type=int, help="resize image and mask to SxS first (as LViT/GuideDecoder report)")
+    parser.add_argument("--eval-size", type=int, metavar="S",
+                        help="score at SxS, as LViT/GuideDecoder report: image and mask resized to SxS before the model runs; "
+                             "for a model that slides a window over large slices, the prediction at native resolution and the "
+                             "mask are resized to SxS (nearest)")
     parser.add_argument("--json", type=Path, help="write the scores (per case and means) to this file")
     add_device(parser)
+    add_resize_large(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the report shuffle")
     add_progress(parser)
     return parser
@@ -35,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     samples = load_split(args.data, args.format, args.split)
     if not samples:
         raise TMCAError(f"no usable samples in the {args.split} split of {args.data}")
-    segmenter = Segmenter(args.model, device=args.device)
+    segmenter = Segmenter(args.model, device=args.device, large_images=large_images_of(args))
     progress = make_progress(args.progress)
     try:
         results = evaluate(segmenter, samples, args.shuffle_text, args.eval_size, args.seed, progress)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from tmca.choices import DICOM_SEG_TYPES
-from tmca.commands.arguments import add_backend, add_device, add_modality, add_plane, add_progress
+from tmca.commands.arguments import add_backend, add_device, add_modality, add_plane, add_progress, add_resize_large, large_images_of
 from tmca.errors import TMCAError
 from tmca.formats import READABLE_TEXT, SEGMENTATION_SUFFIXES, WRITABLE_VOLUME_SUFFIXES
 from tmca.outputs import check_output_name, check_outputs_apart
@@ -34,8 +34,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", help="checkpoint folder (default: the bundled demo model)")
     add_device(parser)
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
-    parser.add_argument("--batch-size", type=int, help="slices per forward pass (default 16 on CPU, 64 on GPU)")
+    parser.add_argument("--batch-size", type=int, help="slices (windows, when a window slides over large slices) per forward pass (default 16 on CPU, 64 on GPU)")
     add_backend(parser)
+    add_resize_large(parser)
     add_plane(parser, "slicing plane for 2D models (default: the plane the model was trained on)")
     parser.add_argument("--series", help="DICOM SeriesInstanceUID to use when a folder holds several series")
     add_modality(parser, "override the image's modality")
@@ -124,7 +125,7 @@ def segment_to_files(args: argparse.Namespace, report: str, progress):
     from tmca.inference import Segmenter
 
     progress(0, 1, "loading model")
-    segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch_size, backend=args.backend)
+    segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch_size, backend=args.backend, large_images=large_images_of(args))
     result = segmenter.segment(
         args.input,
         report,

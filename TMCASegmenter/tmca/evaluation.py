@@ -48,16 +48,21 @@ def derangement(count: int, seed: int) -> list[int]:
 
 def resize_case(image: LoadedImage, mask: np.ndarray, size: int) -> tuple[LoadedImage, np.ndarray]:
     """Resize every slice of image and mask (z, y, x) to size x size (bilinear without antialiasing /
-    nearest), as LViT and GuideDecoder evaluate; the model's own input preparation follows in ``segment``."""
+    nearest), as LViT and GuideDecoder evaluate; the model's own input preparation follows in ``segment``.
+    A colour image's ``rgb`` (z, y, x, 3) is resized alike (float32)."""
     array = sitk.GetArrayFromImage(image.image)  # (z, y, x)
     resized = resize_slices(torch.from_numpy(array), size, antialias=False)[:, 0].numpy()
+    rgb = None
+    if image.rgb is not None:
+        channels_first = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image.rgb, -1, 1), dtype=np.float32))  # (z, 3, y, x)
+        rgb = np.ascontiguousarray(np.moveaxis(resize_slices(channels_first, size, antialias=False).numpy(), 1, -1))
     resized_mask = resize_slices(torch.from_numpy(mask.astype(np.float32)), size, mode="nearest")[:, 0].numpy() > 0.5
     out = sitk.GetImageFromArray(resized)
     spacing = image.image.GetSpacing()
     out.SetSpacing((spacing[0] * array.shape[2] / size, spacing[1] * array.shape[1] / size, spacing[2]))
     out.SetOrigin(image.image.GetOrigin())
     out.SetDirection(image.image.GetDirection())
-    return LoadedImage(out, image.modality, image.source, image.series_uid, image.was_2d, image.was_rgb), resized_mask
+    return LoadedImage(out, image.modality, image.source, image.series_uid, image.was_2d, image.was_rgb, rgb), resized_mask
 
 
 def evaluate(

@@ -140,7 +140,8 @@ def finetune(options: FinetuneOptions, progress: Callable[..., None] | None = No
         raise TMCAError(f"site dataset {options.data}: its files are missing or unreadable (see the warnings above); "
                         f"{len(train_samples)} Train and {len(val_samples)} Val examples could be read")
     common = dict(image_size=base_config["image_size"], modality=base_config.get("modality"),
-                  intensity_policy=base_config.get("intensity_policy") or None, plane=base_config.get("plane", "axial"))
+                  intensity_policy=base_config.get("intensity_policy") or None, plane=base_config.get("plane", "axial"),
+                  in_channels=base_config.get("in_channels", 1))
     train_set: Dataset = SliceDataset(train_samples, augment=True, seed=options.seed, **common)
     site_slices, replay_info = len(train_set), None
     if options.replay:

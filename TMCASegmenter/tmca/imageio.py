@@ -1,9 +1,11 @@
 """Load medical images as 3D scalar float32 SimpleITK images, with the modality they show.
 
 Inputs: NIfTI, NRRD/NHDR, MetaImage, a DICOM file (single or multi-frame), a folder of DICOM
-series (searched recursively), and 2D raster images (PNG, JPEG, BMP, TIFF). Colour becomes grey
-(ITU-R 601 luminance); a 2D image becomes a volume of one slice. Geometry (size, spacing,
-origin, direction, LPS) is kept exactly as SimpleITK reads it.
+series (searched recursively), and 2D raster images (PNG, JPEG, BMP, TIFF). A 2D image becomes a
+volume of one slice. Geometry (size, spacing, origin, direction, LPS) is kept exactly as SimpleITK
+reads it. A colour image keeps its R, G, B pixels (``LoadedImage.rgb``, for colour models) beside
+its grey ITU-R 601 luminance (``LoadedImage.image``, for everything that needs geometry or a scalar,
+and for grey models); a colour file whose three channels are equal everywhere is grey.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ if TYPE_CHECKING:  # pydicom and Pillow are imported where they are used: most i
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
 """Weights of R, G, B in the grey value of a colour pixel."""
 
+_PILLOW_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+_COLOUR_PIXEL_TYPES = (sitk.sitkVectorUInt8, sitk.sitkVectorUInt16)
+
 
 @dataclass
 class LoadedImage:
@@ -34,7 +39,12 @@ class LoadedImage:
 
     ``image`` is always 3D, scalar, ``sitkFloat32``, with the input's size, spacing, origin and
     direction; its numpy view (``sitk.GetArrayFromImage``) has shape (z, y, x). A 2D input has
-    size (W, H, 1).
+    size (W, H, 1). For a colour input it is the luminance.
+
+    ``rgb`` holds a colour input's pixels, (z, y, x, 3) in R, G, B order with the file's values
+    and type (e.g. uint8), on ``image``'s grid; None for grey inputs, including colour files whose
+    channels are equal everywhere (grey stored as RGB). ``was_rgb`` says whether the file stored
+    colour channels.
     """
 
     image: sitk.Image
@@ -43,6 +53,12 @@ class LoadedImage:
     series_uid: str | None
     was_2d: bool
     was_rgb: bool
+    rgb: np.ndarray | None = None
+
+    @property
+    def channels(self) -> int:
+        """3 for a colour image (``rgb`` is set), else 1."""
+        return 1 if self.rgb is None else 3
 
 
 @dataclass
@@ -70,7 +86,7 @@ def load_image(path: str | os.PathLike, series_uid: str | None = None, modality:
     if not source.exists():
         raise TMCAError(f"image not found: {source}; check the path")
     raw = _read_any(source, series_uid)
-    image, was_rgb = _to_scalar_float32(_as_3d(raw.image, source), raw.colour, source)
+    image, was_rgb, rgb = _to_scalar_float32(_as_3d(raw.image, source), raw.colour, source)
     validate_voxels(image, source)
     return LoadedImage(
         image=image,
@@ -79,7 +95,42 @@ def load_image(path: str | os.PathLike, series_uid: str | None = None, modality:
         series_uid=raw.series_uid,
         was_2d=image.GetSize()[2] == 1,
         was_rgb=was_rgb,
+        rgb=rgb,
     )
+
+
+def is_colour_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (an image file or DICOM folder) stores colour channels, from its header.
+
+    No pixels are read, so a colour file may still hold grey pixels (R = G = B everywhere);
+    :func:`load_image` tells (``LoadedImage.rgb``). Raises ``TMCAError`` for a missing or
+    unreadable path.
+    """
+    source = Path(path)
+    if not source.exists():
+        raise TMCAError(f"image not found: {source}; check the path")
+    if source.is_dir():
+        series = find_dicom_series(source)
+        if not series:
+            raise TMCAError(f"no DICOM series found in folder {source}; choose a folder that contains DICOM images")
+        return _dicom_colour(_dicom_header(max(series.values(), key=len)[0]))
+    if _is_dicom_file(source):
+        return _dicom_colour(_dicom_header(source))
+    if is_raster(source):
+        from PIL import Image
+
+        try:
+            with Image.open(source) as picture:
+                return picture.mode not in _PILLOW_GREY_MODES
+        except (OSError, ValueError) as exc:
+            raise _unreadable(source, exc) from exc
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(source))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _unreadable(source, exc) from exc
+    return reader.GetNumberOfComponents() in (3, 4) and reader.GetPixelID() in _COLOUR_PIXEL_TYPES
 
 
 def list_dicom_series(folder: str | os.PathLike) -> list[tuple[str, int, str]]:
@@ -150,8 +201,7 @@ def _unreadable(path: Path, exc: BaseException) -> TMCAError:
 
 def _looks_like_colour(image: sitk.Image) -> bool:
     """True for a 3- or 4-component image of 8/16-bit integers (RGB/RGBA NRRD, NIfTI, MHA)."""
-    colour_types = (sitk.sitkVectorUInt8, sitk.sitkVectorUInt16)
-    return image.GetNumberOfComponentsPerPixel() in (3, 4) and image.GetPixelID() in colour_types
+    return image.GetNumberOfComponentsPerPixel() in (3, 4) and image.GetPixelID() in _COLOUR_PIXEL_TYPES
 
 
 def _read_with_pillow(path: Path) -> _RawImage:
@@ -161,8 +211,7 @@ def _read_with_pillow(path: Path) -> _RawImage:
     try:
         with Image.open(path) as picture:
             picture.seek(0)
-            grey_modes = {"1", "L", "LA", "I", "I;16", "I;16B", "F"}
-            converted = picture.convert("F") if picture.mode in grey_modes else picture.convert("RGB")
+            converted = picture.convert("F") if picture.mode in _PILLOW_GREY_MODES else picture.convert("RGB")
             pixels = np.asarray(converted)
     except (OSError, ValueError) as exc:
         raise _unreadable(path, exc) from exc
@@ -199,13 +248,17 @@ def _read_dicom_file(path: Path) -> _RawImage:
 
 def _dicom_raw(image: sitk.Image, header: pydicom.Dataset) -> _RawImage:
     """Wrap a decoded DICOM image with the header fields TMCA uses."""
-    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2"))
     return _RawImage(
         image,
-        colour=not photometric.startswith("MONOCHROME"),
+        colour=_dicom_colour(header),
         dicom_modality=str(header.get("Modality", "")).upper() or None,
         series_uid=str(header.get("SeriesInstanceUID", "")) or None,
     )
+
+
+def _dicom_colour(header: pydicom.Dataset) -> bool:
+    """True unless the PhotometricInterpretation is MONOCHROME1/2 (the default when absent)."""
+    return not str(header.get("PhotometricInterpretation", "MONOCHROME2")).startswith("MONOCHROME")
 
 
 def _read_dicom_folder(folder: Path, series_uid: str | None) -> _RawImage:
@@ -401,26 +454,33 @@ def _as_3d(image: sitk.Image, source: Path) -> sitk.Image:
     return image
 
 
-def _to_scalar_float32(image: sitk.Image, colour: bool, source: Path) -> tuple[sitk.Image, bool]:
+def _to_scalar_float32(image: sitk.Image, colour: bool, source: Path) -> tuple[sitk.Image, bool, np.ndarray | None]:
     """Scalar float32 copy of ``image``: colour -> luminance, grey+alpha -> grey.
 
-    Returns the image and whether it was colour. A vector image that is not colour (a vector
-    field, a time series stored as components) raises ``TMCAError``.
+    Returns the image, whether it was colour, and the colour pixels (z, y, x, 3) when they are
+    not grey (alpha dropped). A vector image that is not colour (a vector field, a time series
+    stored as components) raises ``TMCAError``.
     """
     components = image.GetNumberOfComponentsPerPixel()
     if components == 1:
-        return sitk.Cast(image, sitk.sitkFloat32), False
+        return sitk.Cast(image, sitk.sitkFloat32), False, None
     if colour and components == 2:
-        return sitk.VectorIndexSelectionCast(image, 0, sitk.sitkFloat32), False
+        return sitk.VectorIndexSelectionCast(image, 0, sitk.sitkFloat32), False, None
     if colour and components in (3, 4):
-        rgb = sitk.GetArrayViewFromImage(image)[..., :3].astype(np.float32)
-        grey = sitk.GetImageFromArray(rgb @ np.asarray(LUMINANCE_WEIGHTS, np.float32))
+        rgb = np.array(sitk.GetArrayViewFromImage(image)[..., :3], order="C")  # a copy: the view dies with ``image``
+        grey = sitk.GetImageFromArray(rgb.astype(np.float32) @ np.asarray(LUMINANCE_WEIGHTS, np.float32))
         grey.CopyInformation(image)
-        return grey, True
+        return grey, True, rgb if _has_hue(rgb) else None
     raise TMCAError(
         f"{source} has {components} values per voxel and is not a colour image; "
         "4D images are not supported; extract one 3D volume first"
     )
+
+
+def _has_hue(rgb: np.ndarray) -> bool:
+    """False when the R, G and B values of (..., 3) pixels are equal everywhere (a grey picture)."""
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return not (np.array_equal(red, green) and np.array_equal(red, blue))
 
 
 def validate_voxels(image: sitk.Image, source: str | Path) -> None:

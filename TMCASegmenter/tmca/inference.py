@@ -33,7 +33,7 @@ from tmca.models import resolve_model
 from tmca.negation import is_negative
 from tmca.networks.fusion import fuse_for_inference
 from tmca.networks.text_encoder import TextFeatures
-from tmca.preprocess import model_input, preprocess
+from tmca.preprocess import channel_note, model_input, preprocess_channels
 from tmca.protocol import FindingRecord, segment_id
 from tmca.reconcile import check_finding
 from tmca.refine import RefineSource, SliceRefiner, click_voxels, finding_index, refine_probabilities, start_probability
@@ -222,6 +222,8 @@ class Segmenter:
 
         plane: the slicing plane of a 2D model (None: the plane it was trained on). modality:
         overrides the image's own; an image without one is taken as the model's training modality.
+        An image is converted to the model's channels (colour to grey, grey repeated for a colour
+        model; :func:`tmca.preprocess.preprocess_channels`) with a warning saying so.
 
         progress(done, total, stage) is called as work advances; a cancel flag that becomes true
         (or an exception from the callback) stops the work promptly with :class:`CancelledError`.
@@ -237,11 +239,14 @@ class Segmenter:
         loaded = self._load(image, modality, series_uid)
         stopper.check()
         notify(0, 1, "preprocessing")
+        note = channel_note(loaded, self.config.in_channels)
+        if note:
+            warnings.warn(note, stacklevel=2)  # one text for every image: the CLI shows it once
         volume = self._preprocess(loaded)
         if loaded.was_2d:
             plane = "axial"  # a single slice
         if not findings:  # only findings of absence: nothing to segment, the model does not run
-            empty = np.zeros((0, *volume.shape), dtype=np.float32)
+            empty = np.zeros((0, *volume.shape[1:]), dtype=np.float32)
             notify(1, 1, "postprocessing")
             return SegmentationResult(loaded.image, [], empty, threshold, empty if with_relevance else None, negative)
         texts = self._encode_findings(findings) if self.config.text else [None] * len(findings)
@@ -294,7 +299,7 @@ class Segmenter:
         )
 
     def _prepare_slice(self, image: np.ndarray) -> torch.Tensor:
-        """One preprocessed slice (h, w) -> the model's input (1, C, S, S)."""
+        """One preprocessed slice (h, w) or (C, h, w) -> the model's input (1, C, S, S)."""
         x = model_input(torch.from_numpy(np.ascontiguousarray(image[None], dtype=np.float32)).to(self.device), self.config.image_size)
         return x.contiguous(memory_format=torch.channels_last)
 
@@ -302,11 +307,11 @@ class Segmenter:
         return self.model.decode(features, x, text, with_alignment=False, clicks=clicks).logits
 
     def _preprocess(self, loaded: LoadedImage) -> np.ndarray:
-        """The model-ready volume; with a feature cache, the last one is kept for the same LoadedImage object."""
+        """The model-ready volume (C, z, y, x); with a feature cache, the last one is kept for the same LoadedImage object."""
         key = (self.config.modality, repr(self.config.intensity_policy))
         if self._preprocessed is not None and self._preprocessed[0] is loaded and self._preprocessed[1] == key:
             return self._preprocessed[2]
-        volume = preprocess(loaded, self.config.modality, self.config.intensity_policy or None)
+        volume = preprocess_channels(loaded, self.config.modality, self.config.intensity_policy or None, self.config.in_channels)
         if isinstance(self.runner, CachedEncoderRunner):
             self._preprocessed = (loaded, key, volume)
         return volume
@@ -334,9 +339,9 @@ class Segmenter:
         return features
 
     def _run_slices(self, volume, texts, axis, with_relevance, notify, stopper):
-        """2D model: walk the slices along ``axis`` in batches; the image encoder runs once per batch."""
-        slices = np.moveaxis(volume, axis, 0)  # (N, h, w) view
-        count, height, width = slices.shape
+        """2D model: walk the slices of ``volume`` (C, z, y, x) along ``axis`` in batches; the image encoder runs once per batch."""
+        slices = np.moveaxis(volume, axis + 1, 0)  # (N, C, h, w) view
+        count, _, height, width = slices.shape
         probabilities = np.zeros((len(texts), count, height, width), dtype=np.float32)
         relevance = np.zeros_like(probabilities) if with_relevance else None
         start, total = 0, count

@@ -4,10 +4,16 @@ Training (:class:`tmca.data.SliceDataset`), inference (:class:`tmca.inference.Se
 evaluation prepare images with these functions and nothing else (as nnU-Net uses one
 preprocessor for both):
 
-1. :func:`preprocess`: the whole volume's intensities scaled to [0, 1] by its modality's rule
-   (percentiles are taken over the whole volume, so this runs once per volume);
+1. :func:`preprocess_channels`: the whole volume's intensities scaled to [0, 1] by its modality's
+   rule, as the model's C channels (percentiles are taken over the whole volume, so this runs once
+   per volume); :func:`preprocess` is its grey (single-channel) volume;
 2. :func:`model_input`: a batch of 2D slices resized to the model's square input, with the channel
-   axis added.
+   axis.
+
+Channels. A grey model (``in_channels`` 1) sees the luminance of a colour image; a colour model
+(``in_channels`` 3) sees a colour image's R, G, B scaled with one set of bounds for all three
+channels (so the hue is kept) and a grey image repeated in all three. :func:`channel_note` says
+when an image is converted so.
 
 Intensity normalisation by modality.
 
@@ -49,18 +55,45 @@ _RULE_KEYS = ("window", "percentiles")
 
 
 def preprocess(image: LoadedImage, model_modality: str, policy: Mapping[str, Mapping[str, Any]] | None = None) -> np.ndarray:
-    """The model-ready intensities of ``image``: float32 (z, y, x) in [0, 1].
+    """The model-ready grey intensities of ``image``: float32 (z, y, x) in [0, 1] (a colour image's
+    luminance); ``preprocess_channels(image, model_modality, policy, 1)[0]``."""
+    return preprocess_channels(image, model_modality, policy, 1)[0]
 
-    The image's own modality picks the intensity rule; an image without one (``"OT"``) is taken
-    to be ``model_modality`` (what the model was trained on). ``policy`` overrides the default
-    rules (see :func:`normalize_intensity`).
+
+def preprocess_channels(
+    image: LoadedImage, model_modality: str, policy: Mapping[str, Mapping[str, Any]] | None = None, channels: int = 1
+) -> np.ndarray:
+    """The model-ready intensities of ``image`` for a ``channels``-channel model: float32
+    (channels, z, y, x) in [0, 1], C-contiguous.
+
+    ``channels`` 1: the grey image (a colour image's luminance); 3: a colour image's R, G, B
+    scaled with one set of bounds for all three, or a grey image repeated three times. The
+    image's own modality picks the intensity rule; an image without one (``"OT"``) is taken to be
+    ``model_modality`` (what the model was trained on). ``policy`` overrides the default rules
+    (see :func:`normalize_intensity`).
     """
+    if channels not in (1, 3):
+        raise ValueError(f"models take 1 or 3 channels, not {channels}")
     modality = image.modality if image.modality != "OT" else model_modality
-    return normalize_intensity(sitk.GetArrayFromImage(image.image), modality, policy)
+    if channels == 3 and image.rgb is not None:
+        return np.ascontiguousarray(np.moveaxis(normalize_intensity(image.rgb, modality, policy), -1, 0))
+    grey = normalize_intensity(sitk.GetArrayFromImage(image.image), modality, policy)
+    return grey[None] if channels == 1 else np.repeat(grey[None], channels, axis=0)
+
+
+def channel_note(image: LoadedImage, channels: int) -> str | None:
+    """One line saying how :func:`preprocess_channels` converts ``image`` for a ``channels``-channel
+    model, or None when it takes the image as it is (a colour file holding grey pixels included)."""
+    if channels == 1 and image.rgb is not None:
+        return "the model was trained on grey images: the colour image is converted to grey (luminance)"
+    if channels == 3 and image.rgb is None and not image.was_rgb:
+        return "the model was trained on colour images: the grey image is repeated in its 3 colour channels"
+    return None
 
 
 def model_input(slices: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, H, W) float32 slices -> (N, 1, size, size): antialiased bilinear resize, channel axis added.
+    """(N, H, W) or (N, C, H, W) float32 slices -> (N, 1 or C, size, size): antialiased bilinear
+    resize, channel axis added to (N, H, W).
 
     Masks go through the same resize and are thresholded at 0.5 by the caller.
     """
@@ -68,11 +101,12 @@ def model_input(slices: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def resize_slices(slices: torch.Tensor, size: int, mode: str = "bilinear", antialias: bool = True) -> torch.Tensor:
-    """(N, H, W) -> (N, 1, size, size) with ``F.interpolate`` (no copy when already that size).
+    """(N, H, W) -> (N, 1, size, size), (N, C, H, W) -> (N, C, size, size) with ``F.interpolate``
+    (no copy when already that size).
 
     ``antialias`` applies to bilinear resizing only (nearest takes the nearest pixel).
     """
-    x = slices[:, None]
+    x = slices[:, None] if slices.ndim == 3 else slices
     if tuple(x.shape[-2:]) == (size, size):
         return x
     smooth = {"align_corners": False, "antialias": antialias} if mode == "bilinear" else {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,26 @@ def build_options(args: argparse.Namespace):
     return TrainOptions(data=str(args.data), format=args.format, output=str(args.output), resume=args.resume, model=model, **train)
 
 
+def choose_in_channels(options, train_samples: list) -> str | None:
+    """Set ``options.model["in_channels"]`` from the training images unless the config sets it:
+    3 when any image holds colour pixels (grey images are then repeated in the three channels),
+    else 1. Returns the line that tells the user, or None when the config chose."""
+    from tmca.data.datasets import survey_colour
+
+    if "in_channels" in options.model:
+        return None
+    survey = survey_colour(train_samples)
+    options.model["in_channels"] = survey.in_channels
+    if not survey.colour:
+        return None if not survey.colour_files else (
+            f"{survey.colour_files} of {survey.files} training images are stored as colour but hold grey pixels: "
+            "training a grey model (in_channels 1)")
+    grey = survey.files - survey.colour_files
+    mixed = f", {grey} grey image(s) repeated in the three channels" if grey else ""
+    return (f"colour training images ({survey.colour_files} of {survey.files} files store colour): training a colour model "
+            f"(in_channels 3{mixed}); set 'in_channels: 1' under 'model:' in --config for a grey model")
+
+
 def run(args: argparse.Namespace) -> int:
     from tmca.config import TMCAConfig
     from tmca.data import SliceDataset, load_split
@@ -99,15 +120,18 @@ def run(args: argparse.Namespace) -> int:
     options = build_options(args)
     if args.output.exists() and (args.output / "last").exists() and not args.resume:
         raise TMCAError(f"run folder {args.output} already holds a run; pass --resume to continue it or choose another --output")
-    config = TMCAConfig.from_dict(options.model)
     train_samples = load_split(args.data, args.format, "train")
     val_samples = load_split(args.data, args.format, "val")
     if not train_samples:
         raise TMCAError(f"no usable training samples in {args.data} ({args.format} layout); check the warnings above")
     if not val_samples:
         raise TMCAError(f"no validation samples in {args.data}; add a Val split (early stopping and 'best' need one)")
+    channels_line = choose_in_channels(options, train_samples)
+    if channels_line and int(os.environ.get("RANK", "0")) == 0:
+        print(channels_line, flush=True)
+    config = TMCAConfig.from_dict(options.model)
     common = dict(image_size=config.image_size, modality=config.modality, intensity_policy=config.intensity_policy or None,
-                  plane=config.plane)
+                  plane=config.plane, in_channels=config.in_channels)
     train_set = SliceDataset(train_samples, augment=True, seed=options.seed, **common)
     val_set = SliceDataset(val_samples, augment=False, seed=options.seed + 1, **common)
     progress = make_progress(args.progress)

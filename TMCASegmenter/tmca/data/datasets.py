@@ -44,8 +44,8 @@ from PIL import Image
 from tmca.choices import PLANE_AXIS, check_plane
 from tmca.errors import TMCAError, reason
 from tmca.formats import DATASET_FORMATS, is_raster, strip_suffix
-from tmca.imageio import load_image
-from tmca.preprocess import model_input, preprocess
+from tmca.imageio import is_colour_file, load_image
+from tmca.preprocess import model_input, preprocess_channels
 from tmca.textio import read_text_file
 
 if TYPE_CHECKING:
@@ -393,11 +393,46 @@ def read_mask(path: Path) -> np.ndarray:
     return inside if inside.ndim == 3 else inside[None]
 
 
-def read_image(path: Path, modality: str | None, policy: Mapping[str, Mapping[str, Any]] | None) -> np.ndarray:
-    """Float32 (D, H, W) in [0, 1], prepared as inference prepares it: read by
-    :func:`tmca.imageio.load_image`, scaled by :func:`tmca.preprocess.preprocess` (an image without
-    a modality of its own is taken as ``modality``, "OT" if None)."""
-    return preprocess(load_image(path), modality or "OT", policy)
+def read_image(path: Path, modality: str | None, policy: Mapping[str, Mapping[str, Any]] | None, channels: int = 1) -> np.ndarray:
+    """Float32 (C, D, H, W) in [0, 1] with C = ``channels``, prepared as inference prepares it: read by
+    :func:`tmca.imageio.load_image`, scaled by :func:`tmca.preprocess.preprocess_channels` (an image
+    without a modality of its own is taken as ``modality``, "OT" if None)."""
+    return preprocess_channels(load_image(path), modality or "OT", policy, channels)
+
+
+@dataclass
+class ColourSurvey:
+    """Whether a dataset's images are colour (:func:`survey_colour`)."""
+
+    files: int  # distinct image files
+    colour_files: int  # files that store colour channels (header)
+    checked: int  # colour files whose pixels were read
+    colour: bool  # some checked file holds colour pixels (not R = G = B everywhere)
+
+    @property
+    def in_channels(self) -> int:
+        return 3 if self.colour else 1
+
+
+COLOUR_PIXEL_CHECKS = 16  # colour files read to tell colour pixels from grey stored as RGB
+
+
+def survey_colour(samples: Sequence[Sample]) -> ColourSurvey:
+    """Colour or grey, for choosing a model's ``in_channels``: colour when any image holds colour pixels.
+
+    Every file's header is read; of the files that store colour channels, up to
+    COLOUR_PIXEL_CHECKS (spread over the list) are read in full, since grey pictures are often
+    saved as RGB. Raises :class:`TMCAError` for an unreadable file.
+    """
+    files = list(dict.fromkeys(sample.image for sample in samples))
+    colour_files = [path for path in files if is_colour_file(path)]
+    picks = np.unique(np.linspace(0, len(colour_files) - 1, min(len(colour_files), COLOUR_PIXEL_CHECKS)).round().astype(int))
+    checked = 0
+    for index in picks:
+        checked += 1
+        if load_image(colour_files[index]).rgb is not None:
+            return ColourSurvey(len(files), len(colour_files), checked, True)
+    return ColourSurvey(len(files), len(colour_files), checked, False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,8 +440,9 @@ def read_image(path: Path, modality: str | None, policy: Mapping[str, Mapping[st
 
 
 class SliceDataset(torch.utils.data.Dataset):
-    """2D training items from samples: ``{"image": (1, S, S) float32 in [0, 1], "mask": (1, S, S)
-    float32 in {0, 1}, "report": str}``.
+    """2D training items from samples: ``{"image": (C, S, S) float32 in [0, 1], "mask": (1, S, S)
+    float32 in {0, 1}, "report": str}``, C = ``in_channels`` (1: grey, colour images as their
+    luminance; 3: colour, grey images repeated in the three channels).
 
     A 2D sample is one item. A 3D volume contributes one item per slice along ``plane``'s axis; each such item serves
     a random slice of its volume: with probability TARGET_SLICE_PROBABILITY one that contains the
@@ -418,7 +454,7 @@ class SliceDataset(torch.utils.data.Dataset):
     once per file, masks per sample, up to ``VOLUME_CACHE_BYTES`` per process, least recently used
     out).
 
-    Images are prepared as inference prepares them (:func:`tmca.preprocess.preprocess` with
+    Images are prepared as inference prepares them (:func:`tmca.preprocess.preprocess_channels` with
     ``modality``, ``intensity_policy``; :func:`tmca.preprocess.model_input` to S x S); masks go through
     the same resize, then are thresholded at 0.5. ``augment`` adds a small random affine (rotation within +-10 degrees,
     scale 0.9-1.1), intensity scale/shift and Gaussian noise. There is never a flip: the report's
@@ -435,11 +471,15 @@ class SliceDataset(torch.utils.data.Dataset):
         intensity_policy: Mapping[str, Mapping[str, Any]] | None = None,
         seed: int = 0,
         plane: str = "axial",
+        in_channels: int = 1,
     ) -> None:
         if image_size < 8:
             raise TMCAError(f"image_size must be at least 8, not {image_size}")
+        if in_channels not in (1, 3):
+            raise TMCAError(f"in_channels must be 1 (grey) or 3 (colour), not {in_channels}")
         self.samples = list(samples)
         self.image_size = image_size
+        self.in_channels = in_channels
         self.modality = modality
         self.slice_axis = PLANE_AXIS[check_plane(plane)]
         self.intensity_policy = intensity_policy
@@ -481,21 +521,23 @@ class SliceDataset(torch.utils.data.Dataset):
         return self._rng
 
     def _slice(self, sample_index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(image (H, W) float32 in [0, 1], mask (H, W) bool) of one sample, a random slice of a volume."""
+        """(image (C, H, W) float32 in [0, 1], mask (H, W) bool) of one sample, a random slice of a volume."""
         sample = self.samples[sample_index]
         if is_raster(sample.image):
             image = self._read_image(sample)
-            return image[0], self._read_mask(sample, image.shape)[0]
+            return image[:, 0], self._read_mask(sample, image.shape[1:])[0]
         image = self._volume_image(sample)
-        mask = self._volume_mask(sample_index, image.shape)
+        shape = (image.shape[0], *image.shape[2:])  # (D, H, W)
+        mask = self._volume_mask(sample_index, shape)
         others = np.zeros(len(image), dtype=bool)
         for j in self._siblings[sample_index]:
-            others |= self._target(j, image.shape)
+            others |= self._target(j, shape)
         k = _pick_slice(rng, self._targets[sample_index], others)
         return image[k].astype(np.float32), mask[k]
 
     def _read_image(self, sample: Sample) -> np.ndarray:
-        return read_image(sample.image, self.modality, self.intensity_policy)
+        """Float32 (C, D, H, W)."""
+        return read_image(sample.image, self.modality, self.intensity_policy, self.in_channels)
 
     def _read_mask(self, sample: Sample, image_shape: tuple[int, ...]) -> np.ndarray:
         mask = read_mask(sample.mask)
@@ -504,11 +546,11 @@ class SliceDataset(torch.utils.data.Dataset):
         return mask
 
     def _volume_image(self, sample: Sample) -> np.ndarray:
-        """Float16 (D, H, W), slices first, cached per image file."""
+        """Float16 (D, C, H, W), slices first, cached per image file."""
         key = ("image", sample.image)
         image = self._cache.get(key)
         if image is None:
-            image = np.ascontiguousarray(np.moveaxis(self._read_image(sample), self.slice_axis, 0), dtype=np.float16)
+            image = np.ascontiguousarray(np.moveaxis(self._read_image(sample), self.slice_axis + 1, 0), dtype=np.float16)
             self._cache.put(key, image)
         return image
 

@@ -70,7 +70,7 @@ def _write_split(root: Path, split: str, images: list[np.ndarray]) -> None:
 
 @pytest.fixture(scope="module")
 def colour_training(tmp_path_factory) -> tuple[Path, str]:
-    """(run folder, what tmca train printed): a tiny model trained a few steps on colour PNGs (and
+    """(run folder, what tmca train printed on stderr): a tiny model trained a few steps on colour PNGs (and
     one grey PNG) in LViT's layout, in_channels left to tmca train."""
     import yaml
 
@@ -80,7 +80,7 @@ def colour_training(tmp_path_factory) -> tuple[Path, str]:
     config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump({"model": TINY_MODEL, "train": {"warmup_steps": 1, "val_items": 4}}))
     run, printed = root / "run", io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stderr(printed):
         code = main(["train", "--data", str(root / "data"), "--format", "lvit", "--output", str(run), "--config", str(config),
                      "--batch-size", "4", "--steps-per-epoch", "2", "--epochs", "1", "--device", "cpu", "--seed", "0"])
     assert code == 0
@@ -203,15 +203,18 @@ def test_tmca_train_records_a_colour_model_and_says_so(colour_training) -> None:
     assert len(lines) == 1 and "7 of 8 files store colour" in lines[0] and "in_channels 3, 1 grey image(s) repeated" in lines[0]
 
 
-def test_in_channels_set_in_the_config_wins(tmp_path) -> None:
+def test_in_channels_set_in_the_config_or_by_a_resumed_run_wins(tmp_path, colour_run) -> None:
     from tmca.commands.train import choose_in_channels
     from tmca.training import TrainOptions
 
-    samples = [Sample(_save(tmp_path / "c.png", _colour(0)), tmp_path / "m.png", "Lesion.", "c", "Train")]
+    colour = [Sample(_save(tmp_path / "c.png", _colour(0)), tmp_path / "m.png", "Lesion.", "c", "Train")]
     chosen = TrainOptions(data="d", format="lvit", output="o", model={"in_channels": 1})
-    assert choose_in_channels(chosen, samples) is None and chosen.model["in_channels"] == 1
+    assert choose_in_channels(chosen, colour) is None and chosen.model["in_channels"] == 1
     detected = TrainOptions(data="d", format="lvit", output="o", model={})
-    assert "in_channels 3" in choose_in_channels(detected, samples) and detected.model["in_channels"] == 3
+    assert "in_channels 3" in choose_in_channels(detected, colour) and detected.model["in_channels"] == 3
+    grey = [Sample(_save(tmp_path / "g.png", _colour(0)[..., 0]), tmp_path / "m.png", "Lesion.", "g", "Train")]
+    resumed = TrainOptions(data="d", format="lvit", output=str(colour_run), resume=True, model={})
+    assert choose_in_channels(resumed, grey) is None and resumed.model["in_channels"] == 3
 
 
 def _model_inputs(segmenter: Segmenter, path: Path, monkeypatch) -> list[torch.Tensor]:

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +93,17 @@ def build_options(args: argparse.Namespace):
 
 
 def choose_in_channels(options, train_samples: list) -> str | None:
-    """Set ``options.model["in_channels"]`` from the training images unless the config sets it:
-    3 when any image holds colour pixels (grey images are then repeated in the three channels),
-    else 1. Returns the line that tells the user, or None when the config chose."""
+    """Set ``options.model["in_channels"]`` from the training images unless the config sets it or
+    a resumed run has it: 3 when any image holds colour pixels (grey images are then repeated in
+    the three channels), else 1. Returns the line that tells the user, or None when not chosen here."""
+    from tmca.checkpoint import read_checkpoint_config
     from tmca.data.datasets import survey_colour
 
     if "in_channels" in options.model:
+        return None
+    last = Path(options.output) / "last"
+    if options.resume and last.is_dir():
+        options.model["in_channels"] = read_checkpoint_config(last)["model"].get("in_channels", 1)
         return None
     survey = survey_colour(train_samples)
     options.model["in_channels"] = survey.in_channels
@@ -127,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
     if not val_samples:
         raise TMCAError(f"no validation samples in {args.data}; add a Val split (early stopping and 'best' need one)")
     channels_line = choose_in_channels(options, train_samples)
-    if channels_line and int(os.environ.get("RANK", "0")) == 0:
-        print(channels_line, flush=True)
+    if channels_line and int(os.environ.get("RANK", "0")) == 0:  # stderr keeps stdout for --progress json
+        print(f"tmca train: {channels_line}", file=sys.stderr, flush=True)
     config = TMCAConfig.from_dict(options.model)
     common = dict(image_size=config.image_size, modality=config.modality, intensity_policy=config.intensity_policy or None,
                   plane=config.plane, in_channels=config.in_channels)

@@ -374,7 +374,7 @@ class Segmenter:
     def _predict_batch(self, slices: np.ndarray, texts, size: tuple[int, int], with_relevance: bool, check=None):
         if self._slides(size):
             with torch.inference_mode(), self._autocast():
-                native = torch.from_numpy(np.ascontiguousarray(slices)).to(self.device, torch.float32)[:, None]  # (N, 1, H, W)
+                native = torch.from_numpy(np.ascontiguousarray(slices)).to(self.device, torch.float32)  # (N, C, H, W)
                 probabilities, relevance = predict_by_windows(
                     self.runner.encode, self.runner.decode, native, texts, self.config.image_size, self.batch_size, with_relevance, check=check
                 )  # fmt: skip

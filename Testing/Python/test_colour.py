@@ -267,3 +267,19 @@ def test_the_cli_shows_the_conversion_note_once(colour_run, tmp_path, capsys) ->
                  str(colour_run / "best"), "--device", "cpu"])
     assert code == 0
     assert capsys.readouterr().err.count("grey image is repeated") == 1
+
+
+def test_a_colour_tile_model_slides_over_a_large_colour_image(tmp_path, text_encoder) -> None:
+    from tmca.checkpoint import save_checkpoint
+    from tmca.config import TMCAConfig
+    from tmca.networks.tmca_net import TMCANet
+
+    torch.manual_seed(0)
+    config = TMCAConfig(**{**TINY_MODEL, "in_channels": 3, "large_images": "tile"})
+    model = save_checkpoint(tmp_path / "tile", TMCANet(config, text_encoder))
+    first, second = _same_luminance_pair()
+    large = [_save(tmp_path / f"{name}.png", np.tile(pixels, (3, 2, 1))) for name, pixels in (("a", first), ("b", second))]
+    segmenter = Segmenter(model, device="cpu")
+    out_a, out_b = (segmenter.segment(path, "Lesion.").probabilities for path in large)
+    assert segmenter.large_images == "tile" and out_a.shape == (1, 1, 3 * SIZE, 2 * SIZE)
+    assert not np.allclose(out_a, out_b)  # the windows saw the hue

@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from tmca import __version__
 from tmca.atomic import give_default_permissions
 from tmca.config import TMCAConfig
 from tmca.errors import TMCAError
+from tmca.networks.factory import build_network
 from tmca.networks.text_encoder import FrozenTextEncoder
-from tmca.networks.tmca_net import TMCANet
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -52,8 +53,9 @@ def _versions() -> dict[str, str]:
     }
 
 
-def save_checkpoint(folder: str | Path, model: TMCANet, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` to ``folder`` (replaced as a whole: a reader never sees a half-written checkpoint).
+def save_checkpoint(folder: str | Path, model: nn.Module, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (built by :func:`tmca.networks.factory.build_network`) to ``folder`` (replaced as
+    a whole: a reader never sees a half-written checkpoint).
 
     ``extra`` goes into config.json beside the architecture (e.g. training metrics).
     """
@@ -123,7 +125,7 @@ def read_checkpoint_config(folder: str | Path) -> dict[str, Any]:
     return json.loads((Path(folder) / CONFIG_FILE).read_text(encoding="utf-8"))
 
 
-def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu", text_encoder: FrozenTextEncoder | None = None) -> tuple[TMCANet, dict[str, Any]]:
+def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu", text_encoder: FrozenTextEncoder | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Verify and load a checkpoint; returns the model in eval mode on ``device`` and its config.json."""
     config_json = read_checkpoint_config(folder)
     if config_json.get("format") != FORMAT:
@@ -131,7 +133,7 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu", text
     config = TMCAConfig.from_saved(config_json["model"])
     pretrained, config.encoder_pretrained = config.encoder_pretrained, False  # the weights come from the checkpoint
     try:
-        model = TMCANet(config, text_encoder)
+        model = build_network(config, text_encoder)
     except (ValueError, OSError) as error:  # the networks' library errors, for the user
         raise TMCAError(f"model folder {folder}: cannot build its network ({error})") from error
     finally:

@@ -9,6 +9,7 @@ from typing import Any
 from tmca.choices import MODALITIES, PLANE_AXIS, PLANES
 from tmca.errors import TMCAError
 
+ARCHITECTURES = ("tmca", "unet")
 ENCODERS = ("efficientnet_lite0", "convnext_tiny", "small")
 LARGE_IMAGE_MODES = ("resize", "tile")
 LEGACY_VALUES: dict[str, Any] = {"fine_depth": 1, "fine_guidance": False, "click_inputs": False}
@@ -20,6 +21,9 @@ LEVELS = (1, 2, 3, 4)
 class TMCAConfig:
     """Everything needed to rebuild a TMCA network (the weights live beside it).
 
+    ``architecture`` is "tmca" (the language-guided network) or "unet" (the image-only MONAI
+    BasicUNet baseline of ``tmca train --ablation unet``; it uses none of the encoder, decoder and
+    text settings, and needs ``text`` off).
     Ablation switches (TMCA_SPEC.md): ``tsd`` (off: global pooling and a plain cosine),
     ``multilevel`` (off: level 4 only), ``lgte`` (off: plain cross-attention),
     ``text`` (off: image-only U-Net with the same encoder and decoder).
@@ -34,6 +38,7 @@ class TMCAConfig:
     """
 
     spatial_dims: int = 2
+    architecture: str = "tmca"
     in_channels: int = 1
     image_size: int = 224
     encoder: str = "efficientnet_lite0"
@@ -86,6 +91,10 @@ class TMCAConfig:
         problems = []
         if self.spatial_dims not in (2, 3):
             problems.append(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
+        if self.architecture not in ARCHITECTURES:
+            problems.append(f"architecture must be one of {', '.join(ARCHITECTURES)}, not {self.architecture!r}")
+        if self.architecture == "unet" and (self.text or self.click_inputs):
+            problems.append("the unet architecture takes the image only; set text and click_inputs to false")
         if self.encoder not in ENCODERS:
             problems.append(f"encoder must be one of {', '.join(ENCODERS)}, not {self.encoder!r}")
         if self.fine_depth < 1:

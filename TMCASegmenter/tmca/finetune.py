@@ -141,7 +141,7 @@ def finetune(options: FinetuneOptions, progress: Callable[..., None] | None = No
                         f"{len(train_samples)} Train and {len(val_samples)} Val examples could be read")
     common = dict(image_size=base_config["image_size"], modality=base_config.get("modality"),
                   intensity_policy=base_config.get("intensity_policy") or None, plane=base_config.get("plane", "axial"),
-                  in_channels=base_config.get("in_channels", 1))
+                  in_channels=base_config.get("in_channels", 1), large_images=base_config.get("large_images", "resize"))
     train_set: Dataset = SliceDataset(train_samples, augment=True, seed=options.seed, **common)
     site_slices, replay_info = len(train_set), None
     if options.replay:
@@ -207,7 +207,7 @@ def _evaluate_and_write(options: FinetuneOptions, base: Path, staging: Path, val
     parent = {"path": str(base), "manifest_sha256": checkpoint_id(base), "val_dice": scores["base"]["dice"]}
     lineage = {"parent": parent, "val_dice": scores["new"]["dice"], "val_dice_shuffled_reports": scores["new"]["dice_shuffled_reports"],
                "val_examples": scores["new"]["n"], "site_manifest_sha256": data["manifest_sha256"], "promoted": promoted}
-    model, config = load_checkpoint(candidate_folder, "cpu", text_encoder=segmenter.model.text_encoder)
+    model, config = load_checkpoint(candidate_folder, "cpu", text_encoder=getattr(segmenter.model, "text_encoder", None))
     extra = {key: value for key, value in config.items() if key not in ("format", "model")}
     target = staging if promoted else staging / REJECTED_FOLDER
     written = save_checkpoint(staging / REJECTED_FOLDER, model, {**extra, "lineage": lineage})

@@ -35,7 +35,7 @@ def config_file(tmp_path_factory) -> Path:
 
 def _train(dataset: Path, config: Path, output: Path, *extra: str) -> int:
     return main(["train", "--data", str(dataset), "--format", "lvit", "--output", str(output), "--config", str(config),
-                 "--batch-size", "4", "--steps-per-epoch", "3", "--device", "cpu", "--seed", "0", *extra])
+                 "--batch-size", "4", "--steps-per-epoch", "3", "--val-every", "3", "--device", "cpu", "--seed", "0", *extra])
 
 
 def test_train_writes_best_last_metrics_and_a_loadable_checkpoint(dataset, config_file, tmp_path):
@@ -117,7 +117,7 @@ def test_torchrun_two_cpu_processes(dataset, config_file, tmp_path):
     assert len(rows) == 1  # written once, by rank 0
     summary = json.loads((run / "summary.json").read_text())
     told = [line for line in result.stdout.splitlines() if line.startswith("best validation Dice")]
-    assert told == [f"best validation Dice {summary['best_val_dice']:.4f} after 1 epochs (epochs); model: {run / 'best'}"]
+    assert told == [f"best validation Dice {summary['best_val_dice']:.4f} after 2 steps, 1 epochs, 1 validations (epochs); model: {run / 'best'}"]
 
 
 def test_a_3d_model_config_is_refused_before_training(dataset, tmp_path, capsys):

@@ -8,12 +8,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tmca.commands.arguments import add_device, add_modality, add_plane, add_progress
-from tmca.config import ENCODERS
+from tmca.config import ENCODERS, LARGE_IMAGE_MODES
 from tmca.errors import TMCAError
 from tmca.formats import DATASET_FORMATS
+
+if TYPE_CHECKING:
+    from tmca.config import TMCAConfig
+    from tmca.data import Sample
+    from tmca.training import TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +28,7 @@ ABLATIONS = {
     "no-multilevel": {"multilevel": False},
     "no-lgte": {"lgte": False},
     "image-only": {"text": False},
+    "unet": {"architecture": "unet", "text": False, "encoder_pretrained": False},  # MONAI BasicUNet, the image-only baseline
 }
 
 
@@ -32,7 +38,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--format", required=True, choices=DATASET_FORMATS, help="dataset layout")
     parser.add_argument("--output", required=True, type=Path, help="run folder (best/, last/, metrics.csv)")
     parser.add_argument("--config", type=Path, help="YAML with 'model:' (architecture) and 'train:' (options) sections")
-    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--epochs", type=int, help="passes over the data (default: 30, at least 1000 steps; with --time-limit alone: "
+                        "until the time limit)")
+    parser.add_argument("--steps", type=int, help="optimizer steps to train (instead of --epochs)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--lr", type=float)
@@ -41,10 +49,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--encoder", choices=ENCODERS)
     add_modality(parser, "modality of the images without a DICOM modality of their own")
     add_plane(parser, "slicing plane for 3D volumes")
-    parser.add_argument("--ablation", choices=tuple(ABLATIONS), default="none", help="switch off one TMCA component")
+    parser.add_argument("--ablation", choices=tuple(ABLATIONS), default="none",
+                        help="switch off one TMCA component, or 'unet': train the image-only MONAI BasicUNet baseline instead")
+    parser.add_argument("--large-images", choices=("auto", *LARGE_IMAGE_MODES), default="auto",
+                        help="slices much larger than --image-size: 'tile' trains on native-resolution crops (inference slides a "
+                             "window), 'resize' squeezes each slice; 'auto' tiles when slices exceed 1.5x the size and no report "
+                             "names a side or position")
     parser.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch (default: one pass over the data)")
-    parser.add_argument("--time-limit", type=float, help="stop after this many minutes (checkpoints kept)")
-    parser.add_argument("--patience", type=int, help="early stopping: epochs without a better validation Dice")
+    parser.add_argument("--time-limit", type=float, help="stop after this many minutes (checkpoints kept); the learning-rate "
+                        "schedule ends near it")
+    parser.add_argument("--val-every", type=int, help="optimizer steps between validations (default: once an epoch, at least 50 "
+                        "steps apart)")
+    parser.add_argument("--patience", type=int, help="early stopping: validations without a better validation Dice (default 8)")
+    parser.add_argument("--min-steps", type=int, help="early stopping waits for at least this many optimizer steps (default 0)")
+    parser.add_argument("--min-progress", type=float, help="early stopping waits for this share of the budget, steps or time "
+                        "(default 0.5)")
     parser.add_argument("--workers", type=int, help="data loader processes")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     add_progress(parser)
@@ -85,11 +104,34 @@ def build_options(args: argparse.Namespace):
     known = {f.name for f in dataclasses.fields(TrainOptions)}
     if set(train) - known:
         raise TMCAError(f"unknown 'train' options in {args.config}: {sorted(set(train) - known)}")
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "device": args.device, "seed": args.seed,
-                 "steps_per_epoch": args.steps_per_epoch, "time_limit_minutes": args.time_limit, "patience": args.patience,
-                 "workers": args.workers}
+    overrides = {"epochs": args.epochs, "max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "device": args.device,
+                 "seed": args.seed, "steps_per_epoch": args.steps_per_epoch, "time_limit_minutes": args.time_limit,
+                 "val_every": args.val_every, "patience": args.patience, "min_steps": args.min_steps,
+                 "min_progress": args.min_progress, "workers": args.workers}
     train.update({key: value for key, value in overrides.items() if value is not None})
-    return TrainOptions(data=str(args.data), format=args.format, output=str(args.output), resume=args.resume, model=model, **train)
+    if args.large_images != "auto":
+        model["large_images"] = args.large_images
+    options = TrainOptions(data=str(args.data), format=args.format, output=str(args.output), resume=args.resume, model=model, **train)
+    options.check()
+    return options
+
+
+def _large_images(options: TrainOptions, train_samples: list[Sample], config: TMCAConfig) -> str:
+    """How the model will see large slices: the user's choice (--large-images or the YAML), else by the
+    training slices' size and reports (:func:`tmca.data.augment.choose_large_images`); says why on stderr."""
+    from tmca.data.augment import choose_large_images
+
+    if "large_images" in options.model:
+        return options.model["large_images"]
+    mode, why = choose_large_images(train_samples, config.image_size, config.plane)
+    _tell(f"large images: {why} (large_images={mode})")
+    return mode
+
+
+def _tell(line: str) -> None:
+    """A line for the person running the command (rank 0 only under torchrun); stderr keeps stdout for --progress json."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"tmca train: {line}", file=sys.stderr, flush=True)
 
 
 def choose_in_channels(options, train_samples: list) -> str | None:
@@ -133,13 +175,20 @@ def run(args: argparse.Namespace) -> int:
     if not val_samples:
         raise TMCAError(f"no validation samples in {args.data}; add a Val split (early stopping and 'best' need one)")
     channels_line = choose_in_channels(options, train_samples)
-    if channels_line and int(os.environ.get("RANK", "0")) == 0:  # stderr keeps stdout for --progress json
-        print(f"tmca train: {channels_line}", file=sys.stderr, flush=True)
-    config = TMCAConfig.from_dict(options.model)
+    if channels_line:
+        _tell(channels_line)
+    if options.resume and (args.output / "last").exists():  # the run's own architecture decides how its data is prepared
+        from tmca.checkpoint import read_checkpoint_config
+
+        config = TMCAConfig.from_dict(read_checkpoint_config(args.output / "last")["model"])
+    else:
+        config = TMCAConfig.from_dict(options.model)
+        config.large_images = options.model["large_images"] = _large_images(options, train_samples, config)
     common = dict(image_size=config.image_size, modality=config.modality, intensity_policy=config.intensity_policy or None,
-                  plane=config.plane, in_channels=config.in_channels)
+                  plane=config.plane, in_channels=config.in_channels, large_images=config.large_images)
     train_set = SliceDataset(train_samples, augment=True, seed=options.seed, **common)
     val_set = SliceDataset(val_samples, augment=False, seed=options.seed + 1, **common)
+    _tell(train_set.augmentation.describe())
     progress = make_progress(args.progress)
     try:
         trainer = Trainer(options, train_set, val_set, progress)
@@ -148,6 +197,6 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
     if trainer.rank != 0:  # under torchrun the summary is rank 0's to tell
         return 0
-    print(f"best validation Dice {summary['best_val_dice']:.4f} after {summary['epochs_run']} epochs ({summary['stopped_by']}); "
-          f"model: {args.output / 'best'}")
+    print(f"best validation Dice {summary['best_val_dice']:.4f} after {summary['steps']} steps, {summary['epochs_run']} epochs, "
+          f"{summary['validations']} validations ({summary['stopped_by']}); model: {args.output / 'best'}")
     return 0

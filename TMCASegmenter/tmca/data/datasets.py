@@ -28,13 +28,12 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -42,14 +41,13 @@ import torch
 from PIL import Image
 
 from tmca.choices import PLANE_AXIS, check_plane
+from tmca.config import LARGE_IMAGE_MODES
+from tmca.data.augment import Augmentation, native_crop, plan_augmentation
 from tmca.errors import TMCAError, reason
 from tmca.formats import DATASET_FORMATS, is_raster, strip_suffix
 from tmca.imageio import is_colour_file, load_image
 from tmca.preprocess import model_input, preprocess_channels
 from tmca.textio import read_text_file
-
-if TYPE_CHECKING:
-    from monai.transforms import Compose
 
 log = logging.getLogger(__name__)
 
@@ -456,9 +454,11 @@ class SliceDataset(torch.utils.data.Dataset):
 
     Images are prepared as inference prepares them (:func:`tmca.preprocess.preprocess_channels` with
     ``modality``, ``intensity_policy``; :func:`tmca.preprocess.model_input` to S x S); masks go through
-    the same resize, then are thresholded at 0.5. ``augment`` adds a small random affine (rotation within +-10 degrees,
-    scale 0.9-1.1), intensity scale/shift and Gaussian noise. There is never a flip: the report's
-    left/right and upper/lower must stay true. Randomness is seeded by ``seed`` and
+    the same resize, then are thresholded at 0.5. With ``large_images="tile"`` an item is instead an
+    S x S window of the slice at its native resolution (:func:`tmca.data.augment.native_crop`, usually
+    one with target) and :meth:`native_item` gives the whole slice (validation). ``augment`` adds the
+    transforms of :mod:`tmca.data.augment` (flips and 90-degree rotations only when no report names a
+    side or position; :attr:`augmentation` says what is on). Randomness is seeded by ``seed`` and
     ``torch.initial_seed()`` (so DataLoader workers differ and seeded runs repeat).
     """
 
@@ -472,11 +472,14 @@ class SliceDataset(torch.utils.data.Dataset):
         seed: int = 0,
         plane: str = "axial",
         in_channels: int = 1,
+        large_images: str = "resize",
     ) -> None:
         if image_size < 8:
             raise TMCAError(f"image_size must be at least 8, not {image_size}")
         if in_channels not in (1, 3):
             raise TMCAError(f"in_channels must be 1 (grey) or 3 (colour), not {in_channels}")
+        if large_images not in LARGE_IMAGE_MODES:
+            raise TMCAError(f"large_images must be one of {', '.join(LARGE_IMAGE_MODES)}, not {large_images!r}")
         self.samples = list(samples)
         self.image_size = image_size
         self.in_channels = in_channels
@@ -484,13 +487,17 @@ class SliceDataset(torch.utils.data.Dataset):
         self.slice_axis = PLANE_AXIS[check_plane(plane)]
         self.intensity_policy = intensity_policy
         self.seed = seed
+        self.tiles = large_images == "tile"
         self._item_sample = np.repeat(np.arange(len(self.samples)), [_slice_count(s.image, self.slice_axis) for s in self.samples])
         by_image: dict[Path, list[int]] = {}
         for index, sample in enumerate(self.samples):
             by_image.setdefault(sample.image, []).append(index)
         self._siblings = {index: [j for j in by_image[s.image] if j != index] for index, s in enumerate(self.samples)}
         self._targets: dict[int, np.ndarray] = {}  # sample -> bool (D,) slices with target, kept when its mask is evicted
-        self._transforms = _augmentation() if augment else None
+        self.augmentation = plan_augmentation([s.report for s in self.samples], self.tiles, image_size) if augment else None
+        self._transforms = Augmentation(self.augmentation) if self.augmentation else None
+        if self.augmentation:
+            log.info("%s", self.augmentation.describe())
         self._cache = _LRUCache(VOLUME_CACHE_BYTES)
         self._rng: np.random.Generator | None = None
         self._rng_key: int | None = None
@@ -502,13 +509,23 @@ class SliceDataset(torch.utils.data.Dataset):
         rng = self._random()
         sample_index = int(self._item_sample[index])
         image, mask = self._slice(sample_index, rng)
+        if self.tiles:  # a native-resolution window instead of the whole slice squeezed (tmca.data.augment)
+            image, mask = native_crop(image, mask, self.image_size, rng)
         image_t = model_input(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], self.image_size)[0]
         mask_t = (model_input(torch.from_numpy(mask.astype(np.float32))[None], self.image_size)[0] >= 0.5).float()
         if self._transforms is not None:
             out = self._transforms({"image": image_t, "mask": mask_t})
-            image_t = out["image"].as_subclass(torch.Tensor).float().clamp(0.0, 1.0)
-            mask_t = (out["mask"].as_subclass(torch.Tensor) > 0.5).float()
+            image_t, mask_t = out["image"], out["mask"]
         return {"image": image_t, "mask": mask_t, "report": self.samples[sample_index].report}
+
+    def native_item(self, index: int) -> dict[str, Any]:
+        """Item ``index`` as the whole slice at its native resolution, not augmented:
+        ``{"image": (C, H, W) float32, "mask": (1, H, W) float32, "report": str}`` (sliding-window validation)."""
+        sample_index = int(self._item_sample[index])
+        image, mask = self._slice(sample_index, self._random())
+        image_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        image_t = image_t[None] if image_t.ndim == 2 else image_t
+        return {"image": image_t, "mask": torch.from_numpy(mask[None].astype(np.float32)), "report": self.samples[sample_index].report}
 
     def _random(self) -> np.random.Generator:
         """This process's generator, reseeded when torch's seed changes (e.g. in a new worker)."""
@@ -618,24 +635,3 @@ def _pick_slice(rng: np.random.Generator, target: np.ndarray, others: np.ndarray
         hard = np.flatnonzero(others & ~target) if others is not None else without[:0]
         pool = hard if len(hard) and rng.random() < HARD_NEGATIVE_PROBABILITY else without
     return int(pool[rng.integers(len(pool))])
-
-
-def _augmentation() -> Compose:
-    """MONAI transforms on {"image", "mask"} (1, S, S) tensors: affine, intensity, noise; no flips."""
-    from monai.transforms import Compose, RandAffined, RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
-
-    return Compose(
-        [
-            RandAffined(
-                keys=("image", "mask"),
-                prob=0.8,
-                rotate_range=math.radians(10.0),
-                scale_range=(0.1, 0.1),
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            ),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-            RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
-            RandGaussianNoised(keys="image", std=0.02, prob=0.5),
-        ]
-    )

@@ -256,6 +256,7 @@ class OnnxRunner:
         self.text = bool(model.config.text)
         self.max_length = int(model.config.max_length)
         self.relevance = len(self.decoder.get_outputs()) > 1
+        self.decoder_inputs = {node.name for node in self.decoder.get_inputs()}  # the exporter drops inputs a decoder does not read
 
     def encode(self, image: torch.Tensor) -> list[np.ndarray]:
         return self.encoder.run(None, {"image": _array(image)})
@@ -268,7 +269,7 @@ class OnnxRunner:
                 raise TMCAError("this model is language-guided: pass the reports")
             text = _padded(text, self.max_length)
             feeds.update(tokens=_array(text.tokens), token_mask=_array(text.mask), sentence=_array(text.sentence))
-        outputs = self.decoder.run(None, feeds)
+        outputs = self.decoder.run(None, {name: value for name, value in feeds.items() if name in self.decoder_inputs})
         return torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1]) if self.relevance else None
 
 

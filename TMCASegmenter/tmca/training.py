@@ -269,19 +269,20 @@ class Trainer:
         self.schedule = BudgetSchedule(self.optimizer, base_lrs, options.warmup_steps, self.total_steps, self.time_start)
         self._batches: Iterator | None = None
         self._passes = 0
+        self.clock: Callable[[], float] = time.monotonic  # seconds; rank 0's decides the time limit and the schedule
 
     def fit(self) -> dict[str, Any]:
         """Train to the end of the budget, early stopping or the time limit; returns the summary written to RUN/summary.json."""
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run_dir / "options.json", json.dumps(asdict(self.options), indent=2))
-        self.started = time.monotonic()
+        self.started = self.clock()
         self.limit_s = 60 * self.options.time_limit_minutes if self.options.time_limit_minutes else None
         log.info("training: %s steps (%s), validation every %d steps, %d steps an epoch",
                  self.total_steps or "time-limited", self.budget, self.val_every, self.steps_per_epoch)
         stopped = self.budget if self.total_steps is not None and self.step >= self.total_steps else None
         while stopped is None:
-            interval_started = time.monotonic()
+            interval_started = self.clock()
             stats, time_share, out_of_time = self._train_interval()
             val_dice = self._from_rank_zero(self.validate() if self.rank == 0 else 0.0)
             self.validations += 1
@@ -293,7 +294,7 @@ class Trainer:
             progress = self.schedule.progress(self.step, time_share)
             if self.rank == 0:
                 row = {**stats, "epoch": self.epochs_done, "step": self.step, "lr": self.optimizer.param_groups[-1]["lr"], "val_dice": val_dice,
-                       "seconds": round(time.monotonic() - interval_started, 1)}
+                       "seconds": round(self.clock() - interval_started, 1)}
                 self._log_metrics(row)
                 self._save(improved, time_share)
                 log.info("step %d (epoch %s): loss %.4f, validation Dice %.4f", self.step, self.epochs_done, stats.get("loss", float("nan")), val_dice)
@@ -306,7 +307,7 @@ class Trainer:
                 stopped = "early stopping"
         summary = {"best_val_dice": round(self.best_dice, 4), "epochs_run": self.epochs_done, "steps": self.step,
                    "validations": self.validations, "val_every": self.val_every, "planned_steps": self.total_steps,
-                   "stopped_by": stopped, "minutes": round((time.monotonic() - self.started) / 60, 2)}
+                   "stopped_by": stopped, "minutes": round((self.clock() - self.started) / 60, 2)}
         if self.rank == 0:
             write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         if self.world > 1:
@@ -346,7 +347,7 @@ class Trainer:
         """(time share of the budget used or None without a time limit, out of time), rank 0's on every process."""
         if self.limit_s is None:
             return None, False
-        elapsed = (time.monotonic() - self.started) / self.limit_s
+        elapsed = (self.clock() - self.started) / self.limit_s
         share, out = self.schedule.time_share(elapsed), elapsed >= 1.0
         if self.world > 1:
             shared = torch.tensor([share, float(out)], dtype=torch.float64)

@@ -71,6 +71,32 @@ def test_ablation_flag_reaches_the_saved_architecture(dataset, config_file, tmp_
     assert config["model"]["text"] is False
 
 
+def test_unet_ablation_trains_saves_segments_and_evaluates(dataset, config_file, tmp_path, capsys):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from tmca.inference import Segmenter
+
+    run = tmp_path / "unet"
+    assert _train(dataset, config_file, run, "--steps", "2", "--ablation", "unet") == 0
+    err = capsys.readouterr().err
+    assert "tmca train: augmentation: " in err and "flips and 90-degree rotations off" in err  # the synthetic reports name sides
+    verify_checkpoint(run / "best")
+    model, config = load_checkpoint(run / "last")
+    assert config["model"]["architecture"] == "unet" and config["model"]["text"] is False and config["training"]["steps"] == 2
+    assert type(model).__name__ == "UNetBaseline" and model.config.in_channels == 1
+    image = next((dataset / "Test_Folder" / "img").iterdir())
+    output = tmp_path / "unet.seg.nrrd"
+    assert main(["segment", str(image), "--model", str(run / "last"), "--report", "Nodule in the left lung.", "--output", str(output),
+                 "--device", "cpu", "--backend", "onnx"]) == 0
+    eager = Segmenter(run / "last", device="cpu").segment(image, "Nodule in the left lung.")
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(output)))[0] > 0, eager.masks[0, 0])  # ONNX export = eager
+    scores = tmp_path / "unet.json"
+    assert main(["evaluate", "--model", str(run), "--data", str(dataset), "--format", "lvit", "--split", "Test", "--json", str(scores),
+                 "--device", "cpu"]) == 0
+    assert json.loads(scores.read_text())["n"] > 0
+
+
 def test_bad_training_input_is_one_clear_error(tmp_path, config_file, capsys):
     code = main(["train", "--data", str(tmp_path / "none"), "--format", "lvit", "--output", str(tmp_path / "run"), "--config", str(config_file)])
     assert code != 0

@@ -114,3 +114,13 @@ def test_colour_jitter_gives_grey_images_colour_casts_and_keeps_shapes():
     assert sum(cast > 0.02 for cast in casts) >= 5
     grey = augmentation({"image": torch.full((1, 32, 32), 0.5), "mask": mask})
     assert grey["image"].shape == (1, 32, 32)
+
+
+def test_small_targets_are_tiled_even_when_reports_name_a_position(tmp_path):
+    image = np.random.default_rng(0).integers(0, 100, (400, 400), dtype=np.uint8)
+    mask = np.zeros((400, 400), dtype=np.uint8)
+    for row in range(20, 380, 40):
+        mask[row : row + 6, row : row + 6] = 255  # blobs 6 px wide: under 1 px at 64 px
+    sided = _dataset(tmp_path, image, mask, "Dense small nuclei in the upper left region.")
+    mode, why = choose_large_images(sided, 64)
+    assert mode == "tile" and "after resizing" in why

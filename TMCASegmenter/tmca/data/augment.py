@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from tmca.data.datasets import Sample
 
 TARGET_CROP_PROBABILITY = 0.8  # of native crops, the share centred near a random target pixel (when the slice has target)
+SMALL_TARGET_PIXELS = 4.0  # targets narrower than this after resizing are tiled instead
 LARGE_SLICE_FACTOR = 1.5  # slices whose smaller side exceeds this many model sizes are tiled rather than squeezed
 ROTATION_DEGREES_POSITIONAL = 10.0  # small enough that "upper" and "left" stay true
 ROTATION_DEGREES_FREE = 45.0  # with 90-degree rotations: every orientation
@@ -93,8 +94,10 @@ def choose_large_images(samples: Sequence[Sample], image_size: int, plane: str =
     """("tile" or "resize", why) for a model of ``image_size`` trained on ``samples``.
 
     "tile" when the median smaller side of the training slices exceeds LARGE_SLICE_FACTOR x
-    ``image_size`` and no report names a side or position (a native-resolution crop does not show
-    where in the slice it lies, so such reports need the whole slice); else "resize".
+    ``image_size`` and either the typical target would be narrower than SMALL_TARGET_PIXELS after
+    resizing (fine structures vanish when squeezed) or no report names a side or position (a
+    native-resolution crop does not show where in the slice it lies, so such reports need the whole
+    slice); else "resize".
     """
     from tmca.choices import PLANE_AXIS
     from tmca.data.datasets import image_shape
@@ -111,10 +114,33 @@ def choose_large_images(samples: Sequence[Sample], image_size: int, plane: str =
     if side <= LARGE_SLICE_FACTOR * image_size:
         return "resize", f"median slice side {side:g} px is at most {LARGE_SLICE_FACTOR:g} x the model's {image_size} px"
     positional = sum(names_position(sample.report) for sample in samples)
+    width = typical_target_width(samples)
+    if width is not None and width * image_size / side < SMALL_TARGET_PIXELS:
+        return "tile", (f"median slice side {side:g} px > {LARGE_SLICE_FACTOR:g} x {image_size} px and the typical target, "
+                        f"{width:.1f} px wide, would be {width * image_size / side:.1f} px after resizing: training on "
+                        "native-resolution crops")
     if positional:
         return "resize", (f"median slice side {side:g} px, but {positional} of {len(samples)} reports name a side or position, "
                           f"which a crop cannot show: slices are resized to {image_size} px")
     return "tile", f"median slice side {side:g} px > {LARGE_SLICE_FACTOR:g} x {image_size} px: training on native-resolution crops"
+
+
+def typical_target_width(samples: Sequence[Sample], limit: int = 8) -> float | None:
+    """Median equivalent-circle diameter (px, native) of the target components in up to ``limit`` 2D masks, or None
+    (volumes are not measured: their slices' targets are judged by the side rule alone)."""
+    from scipy import ndimage
+
+    from tmca.data.datasets import read_mask
+
+    widths: list[float] = []
+    for sample in list(samples)[:limit]:
+        mask = read_mask(sample.mask)
+        if mask.ndim == 3 and mask.shape[0] > 1:
+            continue
+        labels, count = ndimage.label(mask.reshape(mask.shape[-2:]))
+        if count:
+            widths += list(2 * np.sqrt(np.bincount(labels.ravel())[1:] / math.pi))
+    return float(np.median(widths)) if widths else None
 
 
 def native_crop(image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

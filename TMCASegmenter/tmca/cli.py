@@ -13,7 +13,7 @@ from tmca import __version__
 from tmca.errors import TMCAError
 
 # Each module defines ``add_parser(subparsers)`` and ``run(args) -> int``.
-COMMANDS = ("info", "segment", "synth", "train", "evaluate", "finetune", "batch", "batch_merge")
+COMMANDS = ("info", "segment", "serve", "synth", "train", "evaluate", "finetune", "batch", "batch_merge")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -96,7 +96,7 @@ class CachedVolume:
 class StoredResult:
     """A result the client may refine: the image it came from, and that image's stamp at the time."""
 
-    result: Any  # tmca.inference.SegmentationResult (not imported: this module needs no torch)
+    result: Any  # tmca.inference.SegmentationResult
     image: Path
     stamp: Stamp
 
@@ -172,16 +172,14 @@ def finding_index(result: Any, finding: int | str, result_id: str) -> int:
 
 
 def check_clicks_inside(clicks: Sequence[ClickRequest], reference: sitk.Image) -> None:
-    """Refuse a click whose point (LPS, mm) is not on a voxel of ``reference`` (within half a voxel of its edge)."""
-    size = reference.GetSize()
+    """Refuse a click whose point (LPS, mm) is not on a voxel of ``reference``, by the rule ``Segmenter.refine`` applies."""
+    from tmca.interactive import Click, click_voxel
+
     for number, click in enumerate(clicks, start=1):
-        index = reference.TransformPhysicalPointToContinuousIndex(click.point)
-        if not all(-0.5 <= i <= n - 0.5 for i, n in zip(index, size)):
-            point = ", ".join(f"{v:.1f}" for v in click.point)
-            raise TMCAError(
-                f"click {number} at ({point}) mm (LPS) is outside the image (voxel index "
-                f"{', '.join(f'{i:.1f}' for i in index)} of size {size[0]}x{size[1]}x{size[2]}); place clicks on the scan"
-            )
+        try:
+            click_voxel(reference, Click(click.point, click.positive))
+        except TMCAError as error:
+            raise TMCAError(f"click {number}: {error}") from None
 
 
 def read_start_mask(path: Path, segment_id: str, reference: sitk.Image) -> np.ndarray:

@@ -134,15 +134,11 @@ class EngineServer:
         """The ``hello`` event: who this engine is and what it can do."""
         return engine_event(
             "hello", request_id, protocol=PROTOCOL_VERSION, tmca=__version__, model=str(self.segmenter.model_path),
-            model_id=self.model_id, can_refine=self.can_refine, device=str(self.segmenter.device),
+            model_id=self.model_id, can_refine=self.segmenter.can_refine, device=str(self.segmenter.device),
             backend=getattr(getattr(self.segmenter, "runner", None), "name", "eager"), ops=list(REQUEST_FIELDS),
             max_results=self.state.results.capacity, max_volumes=self.state.volumes.capacity, pid=os.getpid(),
         )  # fmt: skip
 
-    @property
-    def can_refine(self) -> bool:
-        """The Segmenter has ``refine`` and its model was trained with click inputs."""
-        return callable(getattr(self.segmenter, "refine", None)) and bool(getattr(self.segmenter, "can_refine", False))
 
     def _check_segment(self, request: Request) -> None:
         """Refuse, before queueing, a missing input, bad outputs and bad choices."""
@@ -291,13 +287,7 @@ class EngineServer:
             stored = self.state.stored(result_id)
         if input_stamp(stored.image) != stored.stamp:
             raise TMCAError(f"{stored.image} changed since result {result_id!r} was computed; segment it again (that result is unchanged)")
-        refine = getattr(self.segmenter, "refine", None)
-        if not callable(refine):
-            raise TMCAError("this version of tmca cannot refine masks with clicks (Segmenter.refine is missing); update TMCASegmenter")
-        if not getattr(self.segmenter, "can_refine", False):
-            raise TMCAError(f"the model {self.segmenter.model_path} was trained without click inputs and cannot refine a mask; "
-                            "choose a model trained with clicks")
-        from tmca.inference import Click
+        from tmca.interactive import Click
 
         index = finding_index(stored.result, request.get("finding"), result_id)
         start_mask = None
@@ -305,7 +295,7 @@ class EngineServer:
             start_mask = read_start_mask(Path(request.get("start_mask")), stored.result.records[index].segment_id, stored.result.reference)
         clicks = [Click(click.point, click.positive) for click in request.get("clicks")]
         _stop_if_cancelled(job)
-        result = refine(stored.result, index, clicks, threshold=request.get("threshold", stored.result.threshold), start_mask=start_mask)
+        result = self.segmenter.refine(stored.result, index, clicks, threshold=request.get("threshold"), start_mask=start_mask)
         return self._finish(job, result, stored.image, stored.stamp, started, refined_from=result_id, finding=index)
 
     def _finish(self, job: _Job, result: Any, image: Path, stamp: tuple, started: float, **extra: Any) -> dict[str, Any]:

@@ -220,7 +220,7 @@ def test_bad_requests_get_one_error_each_and_the_engine_keeps_serving(engine, vo
         ({**segment, "id": "b4", "output": str(tmp_path / "x.png")}, "b4", "must end with .seg.nrrd"),
         ({**segment, "id": "b5", "threshold": 1.5}, "b5", "between 0 and 1"),
         ({**segment, "id": "b6", "probability": str(image)}, "b6", "would overwrite the input"),
-        ({**refine, "id": "b7"}, "b7", "click 1 at"),
+        ({**refine, "id": "b7"}, "b7", "click 1: the click at"),
         ({**refine, "id": "b8", "result_id": "result-nope-1"}, "b8", "unknown result"),
         ({**refine, "id": "b9", "finding": 7}, "b9", "finding 7 does not exist"),
         ({**refine, "id": "b10", "finding": "spleen"}, "b10", "no finding named 'spleen'"),
@@ -239,24 +239,82 @@ def test_bad_requests_get_one_error_each_and_the_engine_keeps_serving(engine, vo
     assert not (tmp_path / "x.seg.nrrd").exists() and not (tmp_path / "y.seg.nrrd").exists()
 
 
-def test_refine_runs_or_says_clearly_why_it_cannot(engine, volumes, tmp_path):
+def test_refine_with_a_model_without_click_inputs_says_why(engine, volumes, tmp_path):
+    assert engine.hello["can_refine"] is False  # the demo model has no click inputs
     image = volumes["small"]
     made = _segment(engine, "to-refine", image, tmp_path / "r.seg.nrrd")[-1]
-    reference = sitk.ReadImage(str(image))
-    centre = reference.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in reference.GetSize()])
     events = engine.ask({"op": "refine", "id": "refine", "result_id": made["result_id"], "finding": made["findings"][0]["name"],
-                         "clicks": [{"point": list(centre), "positive": True}], "output": str(tmp_path / "refined.seg.nrrd")})
-    last = events[-1]
-    from tmca.inference import Segmenter
+                         "clicks": [{"point": list(_centre(image)), "positive": True}], "output": str(tmp_path / "refined.seg.nrrd")})
+    assert events[-1]["event"] == "error" and "without click inputs" in events[-1]["message"]
+    assert not (tmp_path / "refined.seg.nrrd").exists()
 
-    if not hasattr(Segmenter, "refine"):
-        assert last["event"] == "error" and "Segmenter.refine is missing" in last["message"]
-    elif not engine.hello["can_refine"]:
-        assert last["event"] == "error" and "without click inputs" in last["message"]
-    else:
-        assert last["event"] == "result" and last["refined_from"] == made["result_id"] and last["finding"] == 0
-        assert last["result_id"] not in (made["result_id"],) and Path(last["output"]).is_file()
-    assert (last["event"] == "result") == (tmp_path / "refined.seg.nrrd").exists()
+
+def _centre(image: Path, index: tuple[int, int, int] | None = None) -> tuple[float, float, float]:
+    reference = sitk.ReadImage(str(image))
+    return reference.TransformIndexToPhysicalPoint(index or tuple(n // 2 for n in reference.GetSize()))
+
+
+@pytest.fixture(scope="module")
+def click_model_dir(tmp_path_factory, text_encoder):
+    """A small checkpoint with click inputs and a switched-on (random, not zero) click branch."""
+    import torch
+
+    from tmca.checkpoint import save_checkpoint
+    from tmca.config import TMCAConfig
+    from tmca.networks.tmca_net import TMCANet
+
+    torch.manual_seed(0)
+    config = TMCAConfig(encoder="small", encoder_pretrained=False, image_size=64, embed_dim=32, decoder_channels=(32, 16, 16, 8, 8),
+                        click_inputs=True)  # fmt: skip
+    model = TMCANet(config, text_encoder)
+    for head in model.decoder.clicks.heads:
+        torch.nn.init.normal_(head.weight, std=0.5)
+    return save_checkpoint(tmp_path_factory.mktemp("models") / "clicks", model)
+
+
+def test_refine_redraws_one_finding_as_the_python_api_does(click_model_dir, volumes, tmp_path):
+    import tmca
+
+    image = volumes["small"]
+    report = "Nodule in the upper left lung. Mass in the lower right lung."
+    click = _centre(image)
+    engine = Engine("--model", str(click_model_dir))
+    try:
+        assert engine.ask({"op": "hello", "id": 0})[-1]["can_refine"] is True
+        made = _segment(engine, "seg", image, tmp_path / "s.seg.nrrd", report=report)[-1]
+        first = engine.ask({"op": "refine", "id": "r1", "result_id": made["result_id"], "finding": 1,
+                            "clicks": [{"point": list(click), "positive": True}], "output": str(tmp_path / "r1.seg.nrrd"),
+                            "probability": str(tmp_path / "r1-prob.nrrd")})[-1]
+        assert first["event"] == "result" and first["refined_from"] == made["result_id"] and first["finding"] == 1
+        assert first["findings"][0] == made["findings"][0] and first["result_id"] != made["result_id"]
+
+        segmenter = tmca.Segmenter(click_model_dir, device="cpu", batch_size=int(BATCH), backend="auto")
+        expected = segmenter.refine(segmenter.segment(str(image), report), 1, [tmca.Click(click, True)])
+        assert first["findings"] == [record.as_dict() for record in expected.records]
+        assert np.allclose(sitk.GetArrayFromImage(sitk.ReadImage(first["probability"])),
+                           np.moveaxis(expected.probabilities, 0, -1), atol=1e-4)
+
+        reference = sitk.ReadImage(str(image))
+        edited = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
+        edited[:, 20:40, 20:40] = 1
+        mask = sitk.GetImageFromArray(edited)
+        mask.CopyInformation(reference)
+        sitk.WriteImage(mask, str(tmp_path / "edited.nrrd"))
+        second_click = _centre(image, (10, 10, 3))
+        chained = engine.ask({"op": "refine", "id": "r2", "result_id": first["result_id"], "finding": "mass, lower right lung",
+                              "clicks": [{"point": list(click), "positive": True}, {"point": list(second_click), "positive": False}],
+                              "start_mask": str(tmp_path / "edited.nrrd"), "output": str(tmp_path / "r2.seg.nrrd")})[-1]
+        assert chained["event"] == "result" and chained["refined_from"] == first["result_id"] and chained["finding"] == 1
+        expected = segmenter.refine(expected, 1, [tmca.Click(click, True), tmca.Click(second_click, False)], start_mask=edited)
+        assert chained["findings"] == [record.as_dict() for record in expected.records]
+
+        sitk.WriteImage(sitk.GetImageFromArray(edited[:, :, :-1]), str(tmp_path / "cropped.nrrd"))
+        refused = engine.ask({"op": "refine", "id": "r3", "result_id": first["result_id"], "finding": 1,
+                              "clicks": [{"point": list(click), "positive": True}], "start_mask": str(tmp_path / "cropped.nrrd"),
+                              "output": str(tmp_path / "r3.seg.nrrd")})[-1]
+        assert refused["event"] == "error" and "not on the scan's grid" in refused["message"]
+    finally:
+        assert engine.close() == 0
 
 
 def test_a_changed_input_is_read_again_and_its_results_are_not_refined(engine, volumes, tmp_path):

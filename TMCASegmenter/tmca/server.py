@@ -199,6 +199,11 @@ class EngineServer:
 
     def _shutdown(self, request_id: RequestId) -> None:
         """Drop the queued jobs, stop the running one, and answer once the worker has stopped."""
+        self.stop_jobs()
+        self.emit(engine_event("done", request_id, op="shutdown"))
+
+    def stop_jobs(self) -> None:
+        """Drop the queued jobs (``cancelled``), cancel the running one and wait (a while) for the worker to end."""
         with self._lock:
             dropped = [job for job in self._jobs.values() if job.state == "queued"]
             for job in self._jobs.values():
@@ -208,8 +213,8 @@ class EngineServer:
         for job in dropped:
             self.emit(engine_event("cancelled", job.request.id, message="the engine shut down before it started; nothing was written"))
         self._queue.put(None)
-        self._worker.join(SHUTDOWN_WAIT_S)
-        self.emit(engine_event("done", request_id, op="shutdown"))
+        if self._worker.is_alive():
+            self._worker.join(SHUTDOWN_WAIT_S)
 
     # ------------------------------------------------------------------ the worker thread
 
@@ -341,15 +346,25 @@ def _internal(error: Exception) -> str:
 
 def serve_stdio(model: str | None = None, device: str = "auto", batch_size: int | None = None, backend: str = "auto",
                 max_results: int = 8, max_volumes: int = 2) -> int:
-    """Load the model, then answer requests from stdin on stdout until ``shutdown`` or the end of stdin."""
+    """Load the model, then answer requests from stdin on stdout until ``shutdown`` or the end of stdin.
+
+    SIGTERM or SIGINT cancel the running job (nothing half-written is left) and end the process (130).
+    """
     from tmca.inference import Segmenter
+    from tmca.interrupts import cancel_on_signals
 
     events = sys.stdout.buffer
     stdout, sys.stdout = sys.stdout, sys.stderr  # a stray print must not break the event stream
+    server = None
     try:
-        segmenter = Segmenter(model, device=device, batch_size=batch_size, backend=backend)
-        server = EngineServer(segmenter, EventWriter(events), max_results, max_volumes)
-        lines = (raw.decode("utf-8", errors="replace") for raw in iter(sys.stdin.buffer.readline, b""))
-        return server.serve(lines)
+        with cancel_on_signals():
+            segmenter = Segmenter(model, device=device, batch_size=batch_size, backend=backend)
+            server = EngineServer(segmenter, EventWriter(events), max_results, max_volumes)
+            lines = (raw.decode("utf-8", errors="replace") for raw in iter(sys.stdin.buffer.readline, b""))
+            return server.serve(lines)
+    except CancelledError:
+        if server is not None:
+            server.stop_jobs()
+        raise
     finally:
         sys.stdout = stdout

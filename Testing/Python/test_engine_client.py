@@ -60,6 +60,7 @@ def test_serve_command_runs_the_engine_module_and_refuses_bad_choices(tmp_path):
         serve_command("/py", tmp_path / "missing", "cpu")
 
 
+@pytest.mark.slow
 def test_client_delivers_events_restarts_a_killed_engine_and_stops_it(app, scans, tmp_path):
     everything, logs = [], []
     client = EngineClient(serve_command(sys.executable, None, "cpu") + ["--batch-size", "4"], env=child_environment(MODULE_DIR),

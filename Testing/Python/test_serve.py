@@ -156,6 +156,7 @@ def test_bad_request_lines_are_refused_with_their_id_and_the_reason(line, reques
 # --------------------------------------------------------------------------- the engine process
 
 
+@pytest.mark.slow
 def test_hello_names_the_model_and_what_it_can_do(engine):
     hello = engine.hello
     assert hello["event"] == "hello" and hello["id"] == "hello" and hello["protocol"] == protocol.PROTOCOL_VERSION
@@ -169,6 +170,7 @@ def test_hello_names_the_model_and_what_it_can_do(engine):
     print(f"\nprocess start to hello: {engine.hello_seconds:.2f} s")
 
 
+@pytest.mark.slow
 def test_segment_matches_the_one_shot_command_and_a_second_report_reuses_the_volume(engine, volumes, tmp_path, capsys):
     image = volumes["small"]
     started = time.perf_counter()
@@ -204,6 +206,7 @@ def test_segment_matches_the_one_shot_command_and_a_second_report_reuses_the_vol
     assert np.allclose(probability, sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "one-prob.nrrd"))), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bad_requests_get_one_error_each_and_the_engine_keeps_serving(engine, volumes, tmp_path):
     image = volumes["small"]
     made = _segment(engine, "made", image, tmp_path / "m.seg.nrrd")[-1]
@@ -239,6 +242,7 @@ def test_bad_requests_get_one_error_each_and_the_engine_keeps_serving(engine, vo
     assert not (tmp_path / "x.seg.nrrd").exists() and not (tmp_path / "y.seg.nrrd").exists()
 
 
+@pytest.mark.slow
 def test_refine_with_a_model_without_click_inputs_says_why(engine, volumes, tmp_path):
     assert engine.hello["can_refine"] is False  # the demo model has no click inputs
     image = volumes["small"]
@@ -272,6 +276,7 @@ def click_model_dir(tmp_path_factory, text_encoder):
     return save_checkpoint(tmp_path_factory.mktemp("models") / "clicks", model)
 
 
+@pytest.mark.slow
 def test_refine_redraws_one_finding_as_the_python_api_does(click_model_dir, volumes, tmp_path):
     import tmca
 
@@ -317,6 +322,7 @@ def test_refine_redraws_one_finding_as_the_python_api_does(click_model_dir, volu
         assert engine.close() == 0
 
 
+@pytest.mark.slow
 def test_a_changed_input_is_read_again_and_its_results_are_not_refined(engine, volumes, tmp_path):
     image = tmp_path / "scan.nii.gz"
     shutil.copy(volumes["small"], image)
@@ -336,6 +342,7 @@ def test_a_changed_input_is_read_again_and_its_results_are_not_refined(engine, v
     assert _segment(engine, "after", image, tmp_path / "after.seg.nrrd")[-1]["volume_cached"] is False
 
 
+@pytest.mark.slow
 def test_forget_drops_results_and_volumes(engine, volumes, tmp_path):
     image = volumes["small"]
     made = _segment(engine, "keep", image, tmp_path / "k.seg.nrrd")[-1]
@@ -348,6 +355,7 @@ def test_forget_drops_results_and_volumes(engine, volumes, tmp_path):
     assert _segment(engine, "reload", image, tmp_path / "r.seg.nrrd")[-1]["volume_cached"] is False
 
 
+@pytest.mark.slow
 def test_cancel_stops_a_running_segment_and_drops_a_queued_one(engine, volumes, tmp_path):
     large = volumes["large"]
     engine.send({"op": "segment", "id": "long", "image": str(large), "report": REPORT_A, "output": str(tmp_path / "long.seg.nrrd")})
@@ -368,6 +376,7 @@ def test_cancel_stops_a_running_segment_and_drops_a_queued_one(engine, volumes, 
     assert engine.ask({"op": "hello", "id": "after-cancel"})[-1]["event"] == "hello"
 
 
+@pytest.mark.slow
 def test_end_of_input_finishes_the_queued_work_and_exits_cleanly(volumes, tmp_path):
     engine = Engine()
     engine.send({"op": "segment", "id": 1, "image": str(volumes["small"]), "report": REPORT_A, "output": str(tmp_path / "e.seg.nrrd")})
@@ -375,6 +384,21 @@ def test_end_of_input_finishes_the_queued_work_and_exits_cleanly(volumes, tmp_pa
     assert engine.process.wait(TIMEOUT_S) == 0
     assert engine.until(1)[-1]["event"] == "result" and (tmp_path / "e.seg.nrrd").is_file()
     assert all(line.startswith("{") for line in engine.raw_stdout)  # nothing but events on stdout
+
+
+@pytest.mark.slow
+def test_sigterm_cancels_the_running_job_and_ends_the_engine(volumes, tmp_path):
+    """The client's last resort (terminate) leaves no half-written output."""
+    engine = Engine()
+    engine.send({"op": "segment", "id": "t", "image": str(volumes["large"]), "report": REPORT_A, "output": str(tmp_path / "t.seg.nrrd")})
+    deadline = time.monotonic() + TIMEOUT_S
+    while not any(e.get("stage") == "segmenting" and e["done"] > 0 for e in engine.seen):
+        assert time.monotonic() < deadline
+        engine.seen.append(engine.events.get(timeout=TIMEOUT_S))
+    engine.process.terminate()
+    assert engine.until("t")[-1]["event"] == "cancelled"
+    assert engine.process.wait(60) == 130 and "stopped by SIGTERM" in "".join(engine.stderr)
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_model_that_cannot_load_ends_the_engine_with_its_reason(tmp_path):

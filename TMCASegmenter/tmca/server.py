@@ -136,7 +136,8 @@ class EngineServer:
             "hello", request_id, protocol=PROTOCOL_VERSION, tmca=__version__, model=str(self.segmenter.model_path),
             model_id=self.model_id, can_refine=self.segmenter.can_refine, device=str(self.segmenter.device),
             backend=getattr(getattr(self.segmenter, "runner", None), "name", "eager"), ops=list(REQUEST_FIELDS),
-            max_results=self.state.results.capacity, max_volumes=self.state.volumes.capacity, pid=os.getpid(),
+            max_results=self.state.results.capacity, max_volumes=self.state.volumes.capacity,
+            feature_cache_mb=getattr(getattr(self.segmenter, "runner", None), "max_bytes", 0) // 2**20, pid=os.getpid(),
         )  # fmt: skip
 
 
@@ -195,6 +196,8 @@ class EngineServer:
         with self._lock:
             results = self.state.results.clear() if everything else int(bool(result_id) and self.state.results.pop(result_id))
             volumes = self.state.volumes.clear() if everything else (self.state.forget_image(Path(image)) if image else 0)
+        if everything and callable(getattr(self.segmenter.runner, "clear", None)):
+            self.segmenter.runner.clear()  # the kept encoder features too
         self.emit(engine_event("done", request.id, op="forget", results=results, volumes=volumes))
 
     def _shutdown(self, request_id: RequestId) -> None:
@@ -265,11 +268,13 @@ class EngineServer:
         modality = check_modality(request.get("modality")) if request.get("modality") else None
         loaded, stamp, cached = self._volume(image, request.get("series_uid"), modality, notify)
         _stop_if_cancelled(job)
+        hits = getattr(self.segmenter.runner, "hits", 0)
         result = self.segmenter.segment(
             loaded, request.get("report"), threshold=request.get("threshold", 0.5),
             split_findings=request.get("split_findings", True), progress=notify, cancel=job.cancel, plane=request.get("plane"),
         )  # fmt: skip
-        return self._finish(job, result, image, stamp, started, volume_cached=cached)
+        reused = getattr(self.segmenter.runner, "hits", 0) - hits
+        return self._finish(job, result, image, stamp, started, volume_cached=cached, encoder_batches_reused=reused)
 
     def _volume(self, image: Path, series_uid: str | None, modality: str | None, notify) -> tuple[Any, tuple, bool]:
         """The loaded volume: the kept one when its files are unchanged, else read now and kept."""
@@ -345,7 +350,7 @@ def _internal(error: Exception) -> str:
 
 
 def serve_stdio(model: str | None = None, device: str = "auto", batch_size: int | None = None, backend: str = "auto",
-                max_results: int = 8, max_volumes: int = 2) -> int:
+                max_results: int = 8, max_volumes: int = 2, feature_cache_mb: int = 1024) -> int:
     """Load the model, then answer requests from stdin on stdout until ``shutdown`` or the end of stdin.
 
     SIGTERM or SIGINT cancel the running job (nothing half-written is left) and end the process (130).
@@ -358,7 +363,7 @@ def serve_stdio(model: str | None = None, device: str = "auto", batch_size: int 
     server = None
     try:
         with cancel_on_signals():
-            segmenter = Segmenter(model, device=device, batch_size=batch_size, backend=backend)
+            segmenter = Segmenter(model, device=device, batch_size=batch_size, backend=backend, feature_cache_mb=feature_cache_mb)
             server = EngineServer(segmenter, EventWriter(events), max_results, max_volumes)
             lines = (raw.decode("utf-8", errors="replace") for raw in iter(sys.stdin.buffer.readline, b""))
             return server.serve(lines)

@@ -184,6 +184,7 @@ def test_segment_matches_the_one_shot_command_and_a_second_report_reuses_the_vol
     assert any(e["stage"] == "segmenting" and e["done"] == e["total"] > 0 for e in first[:-1])
     result, again = first[-1], second[-1]
     assert result["volume_cached"] is False and again["volume_cached"] is True
+    assert result["encoder_batches_reused"] == 0 and again["encoder_batches_reused"] > 0  # the decoder only
     assert result["result_id"] != again["result_id"]
     assert [f["name"] for f in again["findings"]] == ["nodule, upper right lung"]
     assert [f["text"] for f in again["negative_findings"]] == ["No pleural effusion."]
@@ -195,7 +196,7 @@ def test_segment_matches_the_one_shot_command_and_a_second_report_reuses_the_vol
     with capsys.disabled():
         print(f"\nfirst segment {first_s:.2f} s, second report on the same volume {second_s:.2f} s "
               f"(engine: {result['seconds']:.2f} s, {again['seconds']:.2f} s)")
-    engine_only = {"id", "result_id", "seconds", "volume_cached"}
+    engine_only = {"id", "result_id", "seconds", "volume_cached", "encoder_batches_reused"}
     assert set(result) - engine_only == set(one_shot)
     for key in one_shot:
         if key not in ("output", "probability"):

@@ -22,6 +22,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_backend(parser)
     parser.add_argument("--max-results", type=int, default=8, help="results kept for refine (default 8; least recently used go first)")
     parser.add_argument("--max-volumes", type=int, default=2, help="loaded volumes kept (default 2)")
+    parser.add_argument("--feature-cache-mb", type=int, default=1024,
+                        help="MB of image-encoder features kept, so another report on a kept volume runs the decoder only "
+                             "(default 1024; a 512-slice volume of the demo model takes about 220 MB; 0: none)")
     return parser
 
 
@@ -31,4 +34,4 @@ def run(args: argparse.Namespace) -> int:
     for option, value in (("--max-results", args.max_results), ("--max-volumes", args.max_volumes)):
         if value < 1:
             raise TMCAError(f"{option} must be at least 1, not {value}")
-    return serve_stdio(args.model, args.device, args.batch_size, args.backend, args.max_results, args.max_volumes)
+    return serve_stdio(args.model, args.device, args.batch_size, args.backend, args.max_results, args.max_volumes, args.feature_cache_mb)

@@ -7,11 +7,12 @@ all go through this class.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +64,21 @@ class SegmentationResult:
     relevance: np.ndarray | None = None
     negative_findings: list[Finding] = field(default_factory=list)
     source: RefineSource | None = field(default=None, repr=False, compare=False)
+    unchanged_from: InitVar[tuple["SegmentationResult", int] | None] = None
     masks: np.ndarray = field(init=False)
     records: list[FindingRecord] = field(init=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, unchanged_from: tuple["SegmentationResult", int] | None) -> None:
+        """``unchanged_from=(result, k)``: every finding but k has the same mask as in ``result``, whose
+        measurements are reused (a refined result re-measures only the finding the clicks changed)."""
         self.masks = self.probabilities >= self.threshold
         voxel_mm3 = float(np.prod(self.reference.GetSpacing()))
         self.records = []
         for index, (finding, mask, (layer, label)) in enumerate(zip(self.findings, self.masks, layer_placement(self.masks))):
+            if unchanged_from is not None and index != unchanged_from[1]:
+                previous = unchanged_from[0].records[index]
+                self.records.append(dataclasses.replace(previous, layer=layer, label_value=label))
+                continue
             voxels, volume_ml, components = mask_statistics(mask, voxel_mm3)
             terminology = code_finding(finding.text).as_dict()
             checks = [check.as_dict() for check in check_finding(finding.text, mask, self.reference)]
@@ -294,8 +302,9 @@ class Segmenter:
             refined, _ = refine_probabilities(refiner, result.probabilities[index], prior, voxels, result.source.axis, threshold)
         probabilities = result.probabilities.copy()
         probabilities[index] = refined
+        unchanged = (result, index) if threshold == result.threshold else None
         return SegmentationResult(
-            result.reference, result.findings, probabilities, threshold, result.relevance, result.negative_findings, result.source
+            result.reference, result.findings, probabilities, threshold, result.relevance, result.negative_findings, result.source, unchanged
         )
 
     def _prepare_slice(self, image: np.ndarray) -> torch.Tensor:

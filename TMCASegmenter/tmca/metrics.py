@@ -86,6 +86,17 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1))
 
 
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box of slices holding every true voxel of ``mask``, or None when it has none."""
+    bounds = []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if not len(present):
+            return None
+        bounds.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(bounds)
+
+
 def mask_statistics(mask: np.ndarray, voxel_volume_mm3: float) -> tuple[int, float, int]:
     """(voxels, volume in mL, connected components with face connectivity) of a binary mask."""
     voxels = int(np.count_nonzero(mask))
@@ -102,5 +113,9 @@ def count_components(mask: np.ndarray) -> int:
 
     labeller = sitk.ConnectedComponentImageFilter()
     labeller.SetFullyConnected(False)
-    labeller.Execute(sitk.GetImageFromArray((np.asarray(mask) > 0).astype(np.uint8)))
+    mask = np.asarray(mask) > 0
+    box = bounding_box(mask)
+    if box is None:
+        return 0
+    labeller.Execute(sitk.GetImageFromArray(mask[box].astype(np.uint8)))  # a component never leaves the box
     return int(labeller.GetObjectCount())

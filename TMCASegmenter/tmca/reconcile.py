@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from tmca.metrics import bounding_box
 from tmca.terminology import stated_laterality
 
 SPECK_FRACTION = 0.10
@@ -179,9 +180,11 @@ def measure_mask(mask: np.ndarray, reference: sitk.Image) -> list[Component]:
     """Counted components of ``mask`` (z, y, x) on ``reference``'s grid, largest first."""
     from scipy import ndimage  # here: importing the engine should not load scipy (tmca segment start-up)
 
-    labels, count = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
+    mask = np.asarray(mask, dtype=bool)
+    crop = bounding_box(mask)
+    if crop is None:
         return []
+    labels, count = ndimage.label(mask[crop], structure=np.ones((3, 3, 3), dtype=bool))  # labelled inside the box: fast for small findings
     sizes = np.bincount(labels.ravel())[1:]
     keep = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] >= SPECK_FRACTION * sizes.max()]
     to_lps = _index_to_lps(reference)
@@ -191,7 +194,7 @@ def measure_mask(mask: np.ndarray, reference: sitk.Image) -> list[Component]:
     for label in keep:
         box = objects[label - 1]
         inside = labels[box] == label
-        start = [s.start for s in box]
+        start = [s.start + c.start for s, c in zip(box, crop)]
         centre_index = np.argwhere(inside).mean(axis=0) + start
         centre = to_lps(centre_index)
         surface = np.argwhere(inside & ~ndimage.binary_erosion(inside)) + start  # the diameter runs between surface voxels

@@ -164,3 +164,12 @@ def test_feature_cache_reuses_the_encoder_for_a_second_report_with_identical_res
     changed = sitk.GetImageFromArray(sitk.GetArrayFromImage(volume)[::-1].copy())
     warm.segment(changed, "Nodule in the left lobe.")
     assert warm.runner.misses > misses
+
+
+def test_a_refined_result_measures_the_changed_finding_like_a_fresh_result(segmenter, volume):
+    from tmca.inference import SegmentationResult
+
+    result = segmenter.segment(volume, "Nodule in the left lobe. Effusion on the right.")
+    refined = segmenter.refine(result, 0, [tmca.Click(volume.TransformIndexToPhysicalPoint((40, 30, 5)))])
+    fresh = SegmentationResult(refined.reference, refined.findings, refined.probabilities, refined.threshold)
+    assert refined.records == fresh.records

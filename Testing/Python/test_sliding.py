@@ -17,7 +17,7 @@ from tmca.cli import build_parser, main
 from tmca.errors import TMCAError
 from tmca.inference import Segmenter, _resize_sigmoid
 from tmca.preprocess import model_input
-from tmca.sliding import predict_by_windows, window_count
+from tmca.sliding import predict_by_windows, stitch_windows, window_count
 
 ROI = 64  # the tiny models' image_size
 REPORT = "Nodule in the upper left lung."
@@ -143,6 +143,83 @@ def test_a_cancel_check_stops_between_window_batches():
     with pytest.raises(RuntimeError, match="cancelled"):
         predict_by_windows(runner.encode, runner.decode, _thin_lines(1, 4 * ROI, 4 * ROI), [Offset(0.0)], ROI, 4, check=check)
     assert len(runner.encoded) == 1
+
+
+class ContextRunner:
+    """An encoder/decoder whose logits depend on where a pixel lies in its window and on the window's
+    content (its mean), so overlapping windows disagree and only the right positions and blending
+    weights give MONAI's result; relevance at a quarter of the window."""
+
+    def encode(self, windows: torch.Tensor) -> list[torch.Tensor]:
+        return [windows]
+
+    def decode(self, features, windows, text):
+        x = features[0][:, :1]
+        offset = text.value if isinstance(text, Offset) else 0.0
+        ramp = torch.linspace(-2, 2, x.shape[-1])
+        logits = 6 * torch.tanh(3 * x - 1) * (1 + x.mean((2, 3), keepdim=True)) + ramp + offset
+        return logits, F.avg_pool2d(logits, 4) - offset
+
+
+def _context_predictor(windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A window predictor with two outputs (3 and 1 channels) that depend on position and content."""
+    rows = torch.linspace(0, 1, windows.shape[-2])[:, None]
+    columns = torch.linspace(-1, 2, windows.shape[-1])
+    mean = windows.mean((1, 2, 3), keepdim=True)
+    first = torch.cat([torch.sin(5 * windows[:, :1]) + rows * mean, windows[:, 1:] * columns, (windows**2).sum(1, keepdim=True) - rows * columns], 1)
+    return first, windows.amax((1, 2, 3), keepdim=True) * rows - columns * windows[:, :1]
+
+
+@pytest.mark.parametrize(
+    "size, overlap, window_batch",
+    [
+        ((20, 20), 0.25, 4),  # smaller than the window in both dimensions
+        ((20, 50), 0.5, 3),  # smaller in one, larger in the other
+        ((21, 32), 0.25, 1),  # an odd padding
+        ((32, 32), 0.25, 4),  # exactly the window
+        ((33, 32), 0.25, 2),  # one pixel more
+        ((50, 77), 0.25, 5),  # not multiples of the step
+        ((50, 77), 0.0, 4),
+        ((50, 77), 0.6, 7),
+        ((96, 96), 0.25, 8),  # multiples of the step (24)
+        ((70, 45), 0.9, 16),  # a step of 3 pixels
+    ],
+)  # fmt: skip
+def test_the_stitcher_gives_monai_sliding_window_inference_s_result(size, overlap, window_batch):
+    from monai.inferers.utils import sliding_window_inference
+
+    roi = 32
+    images = torch.rand(3, 2, *size, generator=torch.Generator().manual_seed(size[0] * size[1]))
+    ours, theirs = [], []
+    stitched = stitch_windows(images, roi, window_batch, lambda w: ours.append(w.clone()) or _context_predictor(w), overlap=overlap)
+    expected = sliding_window_inference(images, roi, window_batch, lambda w: theirs.append(w.clone()) or _context_predictor(w), overlap=overlap,
+                                        mode="gaussian", sigma_scale=0.125, padding_mode="constant", cval=0.0)  # fmt: skip
+
+    assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs))  # the same windows, batched the same way
+    assert sum(len(w) for w in ours) == 3 * window_count(size, roi, overlap)
+    assert [tuple(s.shape) for s in stitched] == [(3, 3, *size), (3, 1, *size)]
+    for mine, monai_s in zip(stitched, expected):
+        torch.testing.assert_close(mine, monai_s, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(3 * ROI - 7, 2 * ROI + 5), (ROI - 9, 2 * ROI)])
+def test_predict_by_windows_gives_what_monai_s_stitching_gave(size):
+    """The probabilities and relevance of the MONAI-based implementation this one replaced."""
+    from monai.inferers.utils import sliding_window_inference
+
+    runner = ContextRunner()
+    images = torch.rand(2, 1, *size, generator=torch.Generator().manual_seed(8))
+    texts = [Offset(0.5), Offset(-1.0)]
+    probabilities, relevance = predict_by_windows(runner.encode, runner.decode, images, texts, ROI, window_batch=5, with_relevance=True)
+
+    def predictor(windows):
+        outputs = [runner.decode(runner.encode(windows), windows, text.expand(len(windows))) for text in texts]
+        relevance = [F.interpolate(r, size=(ROI, ROI), mode="bilinear", align_corners=False) for _, r in outputs]
+        return torch.cat([logits for logits, _ in outputs], 1), torch.cat(relevance, 1)
+
+    logits, relevance_logits = sliding_window_inference(images, ROI, 5, predictor, overlap=0.25, mode="gaussian", sigma_scale=0.125)
+    torch.testing.assert_close(probabilities, torch.sigmoid(logits).transpose(0, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(relevance, torch.sigmoid(relevance_logits).transpose(0, 1), atol=1e-5, rtol=0)
 
 
 # --- the Segmenter ------------------------------------------------------------------------------

@@ -34,3 +34,36 @@ def test_loading_the_demo_model_needs_neither_monai_nor_transformers():
     if default_model_path() is None:
         pytest.skip("the bundled demo model is not installed")
     assert _loaded_after("from tmca.inference import Segmenter\nSegmenter(None, device='cpu')") == []
+
+
+@pytest.fixture(scope="module")
+def tile_model_dir(tmp_path_factory, text_encoder):
+    """A small checkpoint trained on native-resolution crops (large_images "tile", 64x64 windows)."""
+    import torch
+
+    from tmca.checkpoint import save_checkpoint
+    from tmca.config import TMCAConfig
+    from tmca.networks.tmca_net import TMCANet
+
+    torch.manual_seed(1)
+    config = TMCAConfig(encoder="small", encoder_pretrained=False, image_size=64, embed_dim=32, decoder_channels=(32, 16, 16, 8, 8),
+                        large_images="tile")  # fmt: skip
+    return save_checkpoint(tmp_path_factory.mktemp("models") / "tile", TMCANet(config, text_encoder))
+
+
+def test_segmenting_with_a_tile_model_slides_windows_without_monai(tmp_path, tile_model_dir):
+    import numpy as np
+    import SimpleITK as sitk
+
+    image, output = tmp_path / "large.nrrd", tmp_path / "large.seg.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((1, 200, 150)).astype(np.float32)), str(image))
+    args = ["segment", str(image), "--report", "Nodule in the upper left lung.", "-o", str(output), "--model", str(tile_model_dir),
+            "--plane", "axial", "--backend", "eager", "--device", "cpu"]  # fmt: skip
+    code = (
+        "import tmca.inference\nfrom tmca.cli import main\n"
+        "slid = []\nreal = tmca.inference.predict_by_windows\n"
+        "tmca.inference.predict_by_windows = lambda *a, **k: slid.append(a[2].shape) or real(*a, **k)\n"
+        f"assert main({args!r}) == 0\nassert slid == [(1, 1, 200, 150)], slid"
+    )
+    assert "monai" not in _loaded_after(code)
+    assert output.exists()

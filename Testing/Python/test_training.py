@@ -71,6 +71,21 @@ def test_ablation_flag_reaches_the_saved_architecture(dataset, config_file, tmp_
     assert config["model"]["text"] is False
 
 
+def test_click_training_gives_a_model_that_refines(dataset, config_file, tmp_path):
+    import numpy as np
+
+    import tmca
+
+    run = tmp_path / "clicks"
+    assert _train(dataset, config_file, run, "--epochs", "1", "--click-training") == 0
+    segmenter = tmca.Segmenter(run / "last", device="cpu")
+    assert segmenter.can_refine
+    image = next((dataset / "Test_Folder" / "img").iterdir())
+    result = segmenter.segment(image, "Nodule in the left lung.")
+    refined = segmenter.refine(result, 0, [tmca.Click(result.reference.TransformIndexToPhysicalPoint((32, 32, 0)))])
+    assert refined.probabilities.shape == result.probabilities.shape and np.isfinite(refined.probabilities).all()
+
+
 def test_unet_ablation_trains_saves_segments_and_evaluates(dataset, config_file, tmp_path, capsys):
     import numpy as np
     import SimpleITK as sitk

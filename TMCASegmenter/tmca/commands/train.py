@@ -51,6 +51,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_plane(parser, "slicing plane for 3D volumes")
     parser.add_argument("--ablation", choices=tuple(ABLATIONS), default="none",
                         help="switch off one TMCA component, or 'unet': train the image-only MONAI BasicUNet baseline instead")
+    parser.add_argument("--click-training", action="store_true",
+                        help="give the model click inputs and train it with simulated corrective clicks, so that it can refine a "
+                             "finding from the user's clicks (tmca.Segmenter.refine, the Slicer panel's Correct section)")
     parser.add_argument("--large-images", choices=("auto", *LARGE_IMAGE_MODES), default="auto",
                         help="slices much larger than --image-size: 'tile' trains on native-resolution crops (inference slides a "
                              "window), 'resize' squeezes each slice; 'auto' tiles when slices exceed 1.5x the size and no report "
@@ -97,6 +100,8 @@ def build_options(args: argparse.Namespace):
         if arg is not None:
             model[key] = arg
     model.update(ABLATIONS[args.ablation])
+    if args.click_training:
+        model["click_inputs"] = True
     config = TMCAConfig.from_dict(model)  # fail early on a bad architecture
     if config.spatial_dims != 2:
         raise TMCAError(f"spatial_dims {config.spatial_dims} in {args.config}: tmca trains 2D models only (3D volumes are trained slice by slice)")

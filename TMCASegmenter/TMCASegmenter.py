@@ -36,8 +36,9 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
-from TMCASegmenterLib import (batchfiles, commands, corrections, dependencies, dicom_export, geometry, models, paths,
-                              process as engineProcess, reports, results, segments, slicer_bridge, widgets)
+from TMCASegmenterLib import (batchfiles, commands, corrections, corrections_clicks, dependencies, dicom_export, geometry,
+                              models, paths, process as engineProcess, reports, results, segments, slicer_bridge,
+                              warm_engine, widgets)
 from TMCASegmenterLib.poller import ProcessPoller
 from tmca.errors import TMCAError
 from tmca.metrics import dice
@@ -125,6 +126,10 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shownThreshold = results.ShownThreshold()
         self._runThreshold = None
         self._rows: list = []
+        self._pointLists: dict = {}  # positive (include) -> its point list, made on demand
+        self._placed: list = []  # (positive, control point id) per click of the click session, in its order
+        self._choices: list = []  # the Correct section's findings (corrections_clicks.FindingChoice)
+        self._observedInteraction = None
 
     def resourcePath(self, filename: str) -> str:
         """Resources sit beside the module when built, and at the extension's top level in a source tree."""
@@ -160,6 +165,13 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveCorrectionButton.connect("clicked(bool)", self.onSaveCorrection)
         self.ui.improveModelButton.connect("clicked(bool)", self.onImproveModel)
         self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
+        self.ui.correctFindingComboBox.connect("currentIndexChanged(int)", self.onCorrectFindingChanged)
+        self.ui.includePointsButton.connect("toggled(bool)", lambda on: self.onPlacePoints(True, on))
+        self.ui.excludePointsButton.connect("toggled(bool)", lambda on: self.onPlacePoints(False, on))
+        self.ui.useMyEditsButton.connect("clicked(bool)", self.onUseMyEdits)
+        self.ui.undoClickButton.connect("clicked(bool)", self.onUndoClick)
+        self.ui.doneCorrectingButton.connect("clicked(bool)", self.onDoneCorrecting)
+        slicer.app.connect("aboutToQuit()", self.logic.stopEngine)  # also stopped by cleanup(), on module unload
         self.ui.siteDatasetPathLineEdit.currentPath = self.logic.siteDatasetFolder()
         self.ui.siteDatasetPathLineEdit.connect("currentPathChanged(QString)", self.onSiteDatasetChanged)
         self._reportSync = widgets.PlainTextSync(self.ui.reportTextEdit, self._storeReport)
@@ -179,6 +191,8 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Called when the application closes and the module widget is destroyed."""
         if self.logic:
             self.logic.cancel()
+            self._stopPlacing()
+            self.logic.stopEngine()
         if self._reportSync:
             self._reportSync.disconnect()
         self.removeObservers()
@@ -199,6 +213,9 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed: a running segmentation is dropped, never imported."""
         self.logic.discard()
+        self._stopPlacing()
+        self.logic.forgetResults()
+        self._pointLists, self._placed, self._observedInteraction = {}, [], None  # removed with the scene
         self.setParameterNode(None)
         self._rows = []
         self.ui.resultsTableWidget.setRowCount(0)
@@ -259,6 +276,204 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         improving = self.logic.isImproving
         self.ui.improveModelButton.text = _("Cancel improving") if improving else _("Improve model")
         self.ui.improveModelButton.enabled = improving or not self.logic.isRunning  # not while a segmentation runs
+        self._updateCorrectSection()
+
+    # ------------------------------------------------------------------ Correct with clicks
+
+    def _updateCorrectSection(self) -> None:
+        """Show the Correct section's controls as the engine, the last result and the click session allow."""
+        parameters = self._parameterNode
+        shown = (parameters is not None and bool(self._rows)
+                 and self.logic.isLastResult(parameters.inputVolume, parameters.outputSegmentation))
+        choices = self.logic.correctableFindings() if shown else []
+        if [c.segment_id for c in choices] != [c.segment_id for c in self._choices]:
+            self._fillFindingCombo(choices)
+        session = self.logic.clickSession
+        controls = corrections_clicks.correct_controls(self.logic.canRefine, len(choices), bool(self.logic.lastResultId),
+                                                       self.logic.isRunning, session)
+        self.ui.correctReasonLabel.text = controls.reason
+        self.ui.correctControlsWidget.visible = controls.visible
+        self.ui.correctFindingComboBox.enabled = controls.choose
+        for button in (self.ui.includePointsButton, self.ui.excludePointsButton):
+            button.enabled = controls.place
+            if not controls.place and button.checked:
+                button.checked = False
+        self.ui.useMyEditsButton.enabled = controls.use_edits
+        self.ui.undoClickButton.enabled = controls.undo
+        self.ui.doneCorrectingButton.enabled = controls.done
+
+    def _fillFindingCombo(self, choices: list) -> None:
+        combo = self.ui.correctFindingComboBox
+        current = self._choices[combo.currentIndex].segment_id if 0 <= combo.currentIndex < len(self._choices) else None
+        self._choices = list(choices)
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for choice in choices:
+            combo.addItem(choice.label)
+        combo.currentIndex = corrections_clicks.choice_index(choices, current) if choices else -1
+        combo.blockSignals(wasBlocked)
+        session = self.logic.clickSession
+        if session is not None and session.choice.segment_id not in [c.segment_id for c in choices]:
+            self.onDoneCorrecting()  # its segment was deleted
+
+    def _chosenFinding(self):
+        index = self.ui.correctFindingComboBox.currentIndex
+        return self._choices[index] if 0 <= index < len(self._choices) else None
+
+    def onCorrectFindingChanged(self, index: int) -> None:
+        """Another finding: the points placed so far belonged to the previous one."""
+        session = self.logic.clickSession
+        if session is not None and session.choice != self._chosenFinding():
+            self.onDoneCorrecting()
+
+    def onPlacePoints(self, positive: bool, on: bool) -> None:
+        """Include (``positive``) or exclude placement on or off; the other kind goes off."""
+        button, other = ((self.ui.includePointsButton, self.ui.excludePointsButton) if positive
+                         else (self.ui.excludePointsButton, self.ui.includePointsButton))
+        if not on:
+            if not other.checked:
+                self._stopPlacing()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Cannot place points."), waitCursor=False):
+            choice = self._chosenFinding()
+            session = self.logic.clickSession
+            try:
+                if choice is None:
+                    raise TMCAError(_("apply a report first; there is no finding to correct"))
+                if session is None or session.choice != choice:
+                    self._clearPoints()
+                    self.logic.startCorrecting(choice)
+            except TMCAError:
+                button.checked = False
+                raise
+            if other.checked:
+                wasBlocked = other.blockSignals(True)
+                other.checked = False
+                other.blockSignals(wasBlocked)
+            self._startPlacing(self._pointList(positive))
+            self.ui.statusLabel.text = _("Click on the scan: each point refines {finding}.").format(finding=choice.label)
+        self._updateCorrectSection()
+
+    def _pointList(self, positive: bool):
+        """The include (green) or exclude (red) point list, made on demand and shown."""
+        node = self._pointLists.get(positive)
+        if node is None or not slicer.mrmlScene.IsNodePresent(node):
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
+                                                      "TMCA include points" if positive else "TMCA exclude points")
+            node.CreateDefaultDisplayNodes()
+            node.SetMarkupLabelFormat("+" if positive else "-")
+            node.SetSaveWithScene(False)
+            color = (0.1, 0.85, 0.1) if positive else (0.95, 0.1, 0.1)
+            display = node.GetDisplayNode()
+            display.SetColor(*color)
+            display.SetSelectedColor(*color)
+            # PointAddedEvent comes with the preview point that follows the mouse in place mode;
+            # PointPositionDefinedEvent only once the user has clicked
+            self.addObserver(node, node.PointPositionDefinedEvent, self._onPointDefined)
+            self._pointLists[positive] = node
+        node.GetDisplayNode().SetVisibility(True)
+        return node
+
+    def _startPlacing(self, pointList) -> None:
+        appLogic = slicer.app.applicationLogic()
+        selection = appLogic.GetSelectionNode()
+        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
+        selection.SetActivePlaceNodeID(pointList.GetID())
+        interaction = appLogic.GetInteractionNode()
+        if self._observedInteraction is not interaction:
+            self.addObserver(interaction, interaction.InteractionModeChangedEvent, self._onInteractionModeChanged)
+            self._observedInteraction = interaction
+        interaction.SetPlaceModePersistence(1)  # keep placing until the button is released
+        interaction.SetCurrentInteractionMode(interaction.Place)
+
+    def _stopPlacing(self) -> None:
+        interaction = self._observedInteraction
+        if interaction is not None and interaction.GetCurrentInteractionMode() == interaction.Place:
+            interaction.SwitchToViewTransformMode()
+
+    def _onInteractionModeChanged(self, caller, event) -> None:
+        """The user left place mode (Escape, right-click, the toolbar): the buttons follow."""
+        if caller.GetCurrentInteractionMode() != caller.Place:
+            for button in (self.ui.includePointsButton, self.ui.excludePointsButton):
+                if button.checked:
+                    wasBlocked = button.blockSignals(True)
+                    button.checked = False
+                    button.blockSignals(wasBlocked)
+
+    def _onPointDefined(self, caller, event) -> None:
+        """A point was placed: refine at once (or with the next request when one runs)."""
+        positive = caller is self._pointLists.get(True)
+        index = caller.GetNumberOfControlPoints() - 1
+        if index < 0 or self.logic.clickSession is None:
+            return
+        pointId = caller.GetNthControlPointID(index)
+        worldRas = [0.0, 0.0, 0.0]
+        caller.GetNthControlPointPositionWorld(index, worldRas)
+        self._placed.append((positive, pointId))
+        try:
+            self.logic.addClick(worldRas, positive, self._onRefined)
+        except Exception as error:
+            self._removePoints([len(self._placed) - 1])
+            self.ui.statusLabel.text = _("Point not used: {error}").format(error=error)
+            logging.exception("TMCASegmenter: a click could not be sent")
+        else:
+            self.ui.statusLabel.text = _("Refining {finding}...").format(finding=self.logic.clickSession.choice.label)
+        self._updateCorrectSection()
+
+    def _onRefined(self, error: Optional[str], dropped: list) -> None:
+        self._removePoints(dropped)
+        if error:
+            self.ui.statusLabel.text = _("Correction not applied: {error}").format(error=error)
+        else:
+            self.ui.statusLabel.text = _("Refined; place another point, or Undo click.")
+        self._showResult()
+
+    def _removePoints(self, positions: list) -> None:
+        """Remove the markups of the click session's points at ``positions``."""
+        for position in sorted(positions, reverse=True):
+            if 0 <= position < len(self._placed):
+                positive, pointId = self._placed.pop(position)
+                node = self._pointLists.get(positive)
+                index = node.GetNthControlPointIndexByID(pointId) if node is not None else -1
+                if index >= 0:
+                    node.RemoveNthControlPoint(index)
+
+    def _clearPoints(self) -> None:
+        for node in self._pointLists.values():
+            if slicer.mrmlScene.IsNodePresent(node):
+                node.RemoveAllControlPoints()
+        self._placed = []
+
+    def onUseMyEdits(self) -> None:
+        """Start the next refinement from the segment as the user edited it."""
+        with slicer.util.tryWithErrorDisplay(_("Cannot use the edited segment."), waitCursor=True):
+            choice = self._chosenFinding()
+            if choice is None:
+                raise TMCAError(_("apply a report first; there is no finding to correct"))
+            if self.logic.clickSession is None or self.logic.clickSession.choice != choice:
+                self._clearPoints()
+                self.logic.startCorrecting(choice)
+            sent = self.logic.useMyEdits(self._onRefined)
+            self.ui.statusLabel.text = (_("Refining from your edits...") if sent is not None
+                                        else _("Your edits are the start of the next point's refinement."))
+        self._updateCorrectSection()
+
+    def onUndoClick(self) -> None:
+        """Back one refinement: the previous mask and points."""
+        with slicer.util.tryWithErrorDisplay(_("Undo failed."), waitCursor=True):
+            self._removePoints(self.logic.undoClick())
+            self._showResult()
+            self.ui.statusLabel.text = _("Undone.")
+
+    def onDoneCorrecting(self) -> None:
+        """Stop placing, remove and hide the points; the corrected segment stays."""
+        self._stopPlacing()
+        self._clearPoints()
+        for node in self._pointLists.values():
+            if slicer.mrmlScene.IsNodePresent(node) and node.GetDisplayNode():
+                node.GetDisplayNode().SetVisibility(False)
+        self.logic.stopCorrecting()
+        self._updateCorrectSection()
 
     def _checkCanApply(self) -> None:
         if self.logic.isRunning:
@@ -343,6 +558,8 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Done: {count} finding(s), {absent} finding(s) of absence.").format(
                 count=len(outcome.findings), absent=len(self.logic.lastNegativeFindings))
             self._shownThreshold.shown(self._runThreshold)
+            self._stopPlacing()
+            self._clearPoints()  # the new result starts without points
             self._showResult()
             if self._parameterNode:
                 self._parameterNode.outputSegmentation = outcome.output
@@ -487,7 +704,7 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class _Run:
     """One engine run: the process and what the result will be imported into."""
 
-    process: engineProcess.BackgroundProcess
+    process: object  # engineProcess.BackgroundProcess, or warm_engine.EngineRun
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: Optional[vtkMRMLSegmentationNode]
     outputPath: str
@@ -498,6 +715,7 @@ class _Run:
     poller: Optional[ProcessPoller] = None
     model: Optional[str] = None
     improving: bool = False  # a ``tmca finetune`` run (outputPath: the new model folder), not a segmentation
+    command: Optional[list] = None  # the warm engine's command line (None: a one-shot process)
 
 
 @dataclass
@@ -524,6 +742,15 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         self.lastInputVolume = None
         self.lastNegativeFindings: list = []  # findings of absence ("No effusion."): no segment
         self.lastModel: Optional[str] = None  # the model folder of the last result; None: the bundled model
+        self.lastResultId: Optional[str] = None  # the warm engine's id of the last result (None: a one-shot run)
+        self.lastImported: list = []  # (finding index in the engine's result, segment id) of the last result
+        self.lastResultFindings: list = []  # the engine's findings of the last result, in its order
+        self.clickSession: Optional[corrections_clicks.ClickSession] = None
+        self._engine: Optional[warm_engine.WarmEngine] = None
+        self._engineCommandLine: Optional[list] = None  # the warm engine that made the last result
+        self._volumeFiles = warm_engine.VolumeFiles()
+        self._undoMasks: list = []  # (segment id, packed previous mask, shape) per applied refinement
+        self._refineCallback: Optional[Callable] = None
 
     def getParameterNode(self):
         return TMCASegmenterParameterNode(super().getParameterNode())
@@ -537,6 +764,212 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
     def isImproving(self) -> bool:
         """Whether the running engine process is a fine-tuning (``improveModel``)."""
         return self._run is not None and self._run.improving
+
+    @property
+    def warmEngine(self) -> warm_engine.WarmEngine:
+        """The warm engine (``tmca serve --stdio``), made on first use; it starts with its first request."""
+        if self._engine is None:
+            self._engine = warm_engine.WarmEngine(self._makeEngineClient, qt.QTimer())
+        return self._engine
+
+    @staticmethod
+    def _makeEngineClient(command: list):
+        from TMCASegmenterLib.engine_client import EngineClient
+
+        return EngineClient(command, env=commands.child_environment(MODULE_DIR),
+                            on_log=lambda line: logging.info(f"tmca serve: {line.text}"))
+
+    @staticmethod
+    def serveCommand(model=None, device: str = "auto") -> list:
+        """The warm engine's command line for ``model`` (None or "": the bundled demo) on ``device``."""
+        from TMCASegmenterLib.engine_client import serve_command
+
+        return serve_command(enginePython(), model or None, device)
+
+    @property
+    def engineState(self) -> warm_engine.EngineState:
+        return self._engine.state if self._engine is not None else warm_engine.EngineState.STOPPED
+
+    @property
+    def canRefine(self) -> Optional[bool]:
+        """Whether the warm engine's model refines with clicks (its ``hello``); None before it answered."""
+        return self._engine.can_refine if self._engine is not None else None
+
+    def stopEngine(self) -> None:
+        """Stop the warm engine (a running request is cancelled) and delete the scans written for it."""
+        self.clickSession = None
+        if self._engine is not None:
+            self._engine.stop()
+        self._volumeFiles.clear()
+
+    def forgetResults(self) -> None:
+        """The scene was closed: the engine drops its results and volumes (it keeps running), clicks end."""
+        self.clickSession = None
+        self.lastResultId, self.lastImported, self.lastResultFindings = None, [], []
+        if self._engine is not None and self._engine.client is not None and self._engine.client.running:
+            self._engine.request(self._engine.client.command, "forget", all=True)
+        self._volumeFiles.clear()
+
+    # ------------------------------------------------------------------ corrections with clicks
+
+    def correctableFindings(self) -> list:
+        """The last result's findings whose segment is still there, as :class:`corrections_clicks.FindingChoice`."""
+        segmentation = self.lastSegmentation
+        if segmentation is None or not self.lastImported or not slicer.mrmlScene.IsNodePresent(segmentation):
+            return []
+        return corrections_clicks.finding_choices(
+            self.lastResultFindings, self.lastImported,
+            lambda segmentId: segmentation.GetSegmentation().GetSegment(segmentId) is not None)
+
+    def startCorrecting(self, choice: corrections_clicks.FindingChoice) -> corrections_clicks.ClickSession:
+        """Begin placing points on ``choice`` (from :meth:`correctableFindings`), from the latest result."""
+        if not self.lastResultId:
+            raise TMCAError(_("this result was not made by the warm engine; click Apply again to correct it with clicks"))
+        self.clickSession = corrections_clicks.ClickSession(self.lastResultId, choice)
+        self._undoMasks = []
+        self._segmentEditorFor(self.lastSegmentation, self.lastInputVolume)  # so that Ctrl+Z there undoes clicks
+        return self.clickSession
+
+    def addClick(self, worldRas, positive: bool, completedCallback: Optional[Callable] = None,
+                 waitForCompletion: bool = False):
+        """Add an include (``positive``) or exclude point placed at ``worldRas`` (Slicer's world, RAS) and refine.
+
+        :param completedCallback: called with (error or None, positions of the points dropped) after each refine
+        :return: the :class:`warm_engine.EngineRun` sent, or None when one runs (the point goes with the next)
+        """
+        session = self._requireSession()
+        session.add(slicer_bridge.clickPointLps(self.lastInputVolume, worldRas), positive)
+        return self.sendRefine(completedCallback, waitForCompletion)
+
+    def useMyEdits(self, completedCallback: Optional[Callable] = None, waitForCompletion: bool = False):
+        """Start the next refinement from the finding's segment as edited now (sent at once when points exist)."""
+        session = self._requireSession()
+        segmentation, inputVolume = self.lastSegmentation, self.lastInputVolume
+        # with the scan as reference the array has the scan's whole grid (origin, spacing, directions, extent)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, session.choice.segment_id, inputVolume)
+        scanShape = slicer.util.arrayFromVolume(inputVolume).shape
+        if mask is None or tuple(mask.shape) != tuple(scanShape):
+            raise TMCAError(_("the edited segment could not be read on the scan's grid; check that the segment exists"))
+        import SimpleITK as sitk
+
+        folder = tempfile.mkdtemp(prefix="TMCASegmenter-edits-", dir=slicer.app.temporaryPath)
+        path = os.path.join(folder, "edited.nrrd")
+        sitk.WriteImage(geometry.image_on_grid((mask > 0).astype(np.uint8), volumeIjkToRas(inputVolume)), path, True)
+        session.use_edits(path)
+        return self.sendRefine(completedCallback, waitForCompletion)
+
+    def sendRefine(self, completedCallback: Optional[Callable] = None, waitForCompletion: bool = False):
+        """Send the click session's next ``refine`` (all its points); None when one runs or nothing is new."""
+        session = self._requireSession()
+        if completedCallback is not None:
+            self._refineCallback = completedCallback
+        tempDir = tempfile.mkdtemp(prefix="TMCASegmenter-refine-", dir=slicer.app.temporaryPath)
+        fields = session.next_request(os.path.join(tempDir, "refined.seg.nrrd"))
+        if fields is None:
+            shutil.rmtree(tempDir, ignore_errors=True)
+            return None
+        run = warm_engine.EngineRun(self.warmEngine, tempDir)
+        run.on_finished = lambda: self._finishRefine(session, run)
+        try:
+            run.send(self._engineCommandLine, "refine", **fields)
+        except Exception:
+            session.finished(None)
+            run.cleanup()
+            raise
+        if waitForCompletion:
+            run.wait(on_poll=lambda events: slicer.app.processEvents())
+        return run
+
+    def _requireSession(self) -> corrections_clicks.ClickSession:
+        if self.clickSession is None:
+            raise TMCAError(_("choose the finding to correct first"))
+        return self.clickSession
+
+    def _finishRefine(self, session: corrections_clicks.ClickSession, run: warm_engine.EngineRun) -> None:
+        error, newId = None, None
+        try:
+            outcome = run.outcome()
+            if session is not self.clickSession:
+                error = _("the correction was discarded (another finding or result was chosen)")
+            elif not outcome.ok:
+                error = outcome.error or _("the refinement was cancelled")
+            else:
+                self._applyRefined(session, run)
+                newId = run.result_id
+        except Exception as exception:
+            logging.exception("TMCASegmenter: applying the refined mask failed")
+            error = str(exception)
+        finally:
+            run.cleanup()
+        dropped = session.finished(newId)
+        if newId and session is self.clickSession:
+            self.lastResultId = newId
+            logging.info(f"TMCASegmenter: refined {session.choice.label} in {run.data.get('seconds')} s (engine)")
+        if self._refineCallback is not None:
+            self._refineCallback(error, dropped)
+        if session is self.clickSession and session.waiting:
+            self.sendRefine()  # points placed while this one ran
+
+    def _applyRefined(self, session: corrections_clicks.ClickSession, run: warm_engine.EngineRun) -> None:
+        """Replace the finding's segment with the refined mask; keep the previous one for undo."""
+        segmentation, inputVolume = self.lastSegmentation, self.lastInputVolume
+        if not self.isLastResult(inputVolume, segmentation):
+            raise RuntimeError(_("the scan or the segmentation of this result was removed"))
+        findings = list(run.result.findings)
+        index = int(run.data.get("finding", session.choice.index))
+        segmentId = session.choice.segment_id
+        previous = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, inputVolume)
+        loaded = self._readSegmentationFile(run.result.output)
+        try:
+            self._saveUndoState(segmentation)
+            segments.replace_finding_mask(loaded, segmentation, inputVolume, findings[index], segmentId,
+                                          slicer.util.arrayFromSegmentBinaryLabelmap,
+                                          slicer.util.updateSegmentBinaryLabelmapFromArray)
+        finally:
+            slicer.mrmlScene.RemoveNode(loaded)
+        self._undoMasks.append((segmentId, np.packbits(previous > 0), previous.shape))
+        self._dropFromThreshold(segmentId)
+        if segmentId in self.lastSegmentIds:
+            self.lastFindings[self.lastSegmentIds.index(segmentId)] = findings[index]
+
+    def undoClick(self) -> list:
+        """Go back one refinement of the click session: the previous mask and points; returns the points removed."""
+        session = self._requireSession()
+        if not session.can_undo or not self._undoMasks:
+            return []
+        removed = session.undo()
+        segmentId, packed, shape = self._undoMasks.pop()
+        mask = np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape)
+        self._saveUndoState(self.lastSegmentation)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, self.lastSegmentation, segmentId, self.lastInputVolume)
+        self.lastResultId = session.result_id
+        return removed
+
+    def stopCorrecting(self) -> None:
+        """End the click session; the corrected segment stays."""
+        self.clickSession = None
+        self._undoMasks = []
+
+    def _dropFromThreshold(self, segmentId: str) -> None:
+        """A segment corrected by clicks no longer follows the threshold slider (its probability map is the old one)."""
+        target = self._thresholdTarget
+        if target is None or segmentId not in target.segmentIds:
+            return
+        keep = [i for i, other in enumerate(target.segmentIds) if other != segmentId]
+        target.channels = target.channels[keep]
+        target.segmentIds = [target.segmentIds[i] for i in keep]
+        target.findings = [target.findings[i] for i in keep]
+
+    def _segmentEditorFor(self, segmentation, inputVolume):
+        """Segment Editor's editor holding ``segmentation`` (set when it holds none), else None."""
+        widget = getattr(slicer.modules, "SegmentEditorWidget", None)
+        editor = getattr(widget, "editor", None)
+        if editor is None:
+            return None
+        if editor.segmentationNode() is None and editor.mrmlSegmentEditorNode() is not None:
+            editor.setSegmentationNode(segmentation)
+            editor.setSourceVolumeNode(inputVolume)
+        return editor if editor.segmentationNode() == segmentation else None
 
     def improveModel(self, model, siteDataset: str, output: str, minutes: float = 5.0, device: str = "auto",
                      waitForCompletion: bool = True, progressCallback: Optional[Callable] = None,
@@ -582,7 +1015,7 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
     def process(self, inputVolume, report: str, outputSegmentation=None, model=None, device: str = "auto",
                 threshold: float = 0.5, splitFindings: bool = True, waitForCompletion: bool = True,
                 progressCallback: Optional[Callable] = None, completedCallback: Optional[Callable] = None,
-                show3D: bool = False):
+                show3D: bool = False, warm: bool = True):
         """
         Segment the targets that ``report`` describes in ``inputVolume``. Can be used without GUI widget.
 
@@ -599,6 +1032,8 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         :param completedCallback: called with a :class:`TMCASegmenterLib.process.RunOutcome` whose ``output``
             is the segmentation node (None when cancelled, discarded or failed)
         :param show3D: build the 3D surfaces of the result (slow on large volumes)
+        :param warm: run in the warm engine (``tmca serve``: kept between runs, its results can be
+            corrected with clicks); False runs a one-shot ``tmca segment`` process
         :return: the segmentation node when ``waitForCompletion`` (None if cancelled), else None
         """
         if self.isRunning:
@@ -611,6 +1046,10 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         tempDir = tempfile.mkdtemp(prefix="TMCASegmenter-", dir=slicer.app.temporaryPath)
         outputPath = os.path.join(tempDir, "result.seg.nrrd")
         probabilityPath = os.path.join(tempDir, "probability.nrrd")
+        if warm:
+            return self._processWarm(tempDir, inputVolume, report, outputSegmentation, outputPath, probabilityPath,
+                                     model, device, threshold, splitFindings, waitForCompletion, progressCallback,
+                                     completedCallback, show3D)
         try:
             args = self._engineCommand(tempDir, inputVolume, report, outputPath, probabilityPath, model, device,
                                        threshold, splitFindings)
@@ -631,6 +1070,37 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         self._run.poller = ProcessPoller(process, self._onEvents, self._finishRun, qt.QTimer())
         self._run.poller.start()
         return None
+
+    def _processWarm(self, tempDir: str, inputVolume, report: str, outputSegmentation, outputPath: str, probabilityPath: str,
+                     model, device: str, threshold: float, splitFindings: bool, waitForCompletion: bool,
+                     progressCallback, completedCallback, show3D: bool):
+        """``process`` through the warm engine: the scan is written once per version, the request returns at once."""
+        try:
+            command = self.serveCommand(model, device)
+            imagePath, written = self._volumeFiles.path_for(inputVolume.GetID(), self._volumeStamp(inputVolume),
+                                                            lambda path: self._writeVolume(inputVolume, path))
+            run = warm_engine.EngineRun(self.warmEngine, tempDir)
+            run.send(command, "segment", image=imagePath, report=report.strip(), output=outputPath,
+                     probability=probabilityPath, threshold=float(threshold), split_findings=bool(splitFindings))
+        except Exception:
+            shutil.rmtree(tempDir, ignore_errors=True)
+            raise
+        logging.info(f"TMCASegmenter: warm engine segment ({'scan written' if written else 'scan reused'}): {imagePath}")
+        self._run = _Run(run, inputVolume, outputSegmentation, outputPath, probabilityPath,
+                         progressCallback, completedCallback, show3D, model=model or None, command=list(command))
+        if waitForCompletion:
+            run.wait(on_poll=self._onEventsWhileWaiting)
+            outcome = self._finishRun()
+            if outcome.error:
+                raise RuntimeError(outcome.error)
+            return outcome.output
+        run.on_events, run.on_finished = self._onEvents, self._finishRun
+        return None
+
+    @staticmethod
+    def _volumeStamp(inputVolume) -> tuple:
+        """What makes the written scan out of date: its voxels and its geometry (not its name or display)."""
+        return inputVolume.GetImageData().GetMTime(), tuple(np.round(volumeIjkToRas(inputVolume), 6).ravel().tolist())
 
     def _engineCommand(self, tempDir: str, inputVolume, report: str, outputPath: str, probabilityPath: str,
                        model, device: str, threshold: float, splitFindings: bool) -> list:
@@ -729,6 +1199,10 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         self.lastSegmentIds = [segmentId for findingIndex, segmentId in imported]
         self.lastSegmentation, self.lastInputVolume, self.lastModel = segmentation, run.inputVolume, run.model
         self.lastNegativeFindings = list(result.negative_findings)
+        self.lastImported, self.lastResultFindings = list(imported), findings
+        self.lastResultId = getattr(run.process, "result_id", None)
+        self._engineCommandLine = run.command
+        self.clickSession = None
         return segmentation
 
     def _readSegmentationFile(self, path: str):
@@ -801,16 +1275,19 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
             return self.lastFindings
         voxelVolume = float(np.prod(target.inputVolume.GetSpacing()))
         grid = geometry.image_on_grid(np.zeros(target.channels.shape[1:], dtype=np.uint8), volumeIjkToRas(target.inputVolume))
-        updated, segmentIds = [], []
+        rethresholded = {}
         for channel, segmentId, finding in zip(target.channels, target.segmentIds, target.findings):
             if target.segmentation.GetSegmentation().GetSegment(segmentId) is None:
                 continue  # the user deleted this segment
             mask = results.threshold_probability(channel, threshold)
             slicer.util.updateSegmentBinaryLabelmapFromArray(mask, target.segmentation, segmentId, target.inputVolume)
-            updated.append(results.update_finding_statistics(finding, mask, voxelVolume, grid))
-            segmentIds.append(segmentId)
-        self.lastFindings, self.lastSegmentIds = updated, segmentIds
-        return updated
+            rethresholded[segmentId] = results.update_finding_statistics(finding, mask, voxelVolume, grid)
+        # segments corrected with clicks keep their mask (they left the threshold target)
+        kept = [(rethresholded.get(segmentId, finding), segmentId) for finding, segmentId in zip(self.lastFindings, self.lastSegmentIds)
+                if target.segmentation.GetSegmentation().GetSegment(segmentId) is not None]
+        self.lastFindings = [finding for finding, segmentId in kept]
+        self.lastSegmentIds = [segmentId for finding, segmentId in kept]
+        return self.lastFindings
 
     def siteDatasetFolder(self) -> str:
         """The site dataset folder chosen in the module (default: ``TMCASegmenter/SiteDataset`` beside Slicer's settings)."""

@@ -49,3 +49,27 @@ def image_on_grid(voxels: np.ndarray, ijk_to_ras: np.ndarray):
     image.SetSpacing(spacing)
     image.SetDirection(direction)
     return image
+
+
+def ras_to_lps(point: Sequence[float]) -> tuple[float, float, float]:
+    """A point from Slicer's RAS to ITK's LPS (and back: the map is its own inverse)."""
+    x, y, z = (float(value) for value in point)
+    return -x, -y, z
+
+
+def click_point_lps(world_ras: Sequence[float], world_to_volume: np.ndarray | None = None) -> tuple[float, float, float]:
+    """Where a point placed in Slicer's world (RAS) lies in the scan as the engine reads it (LPS, mm).
+
+    The engine reads the volume's voxels with their own IJK-to-RAS, without the volume's parent
+    transform (:func:`TMCASegmenterLib.segments.import_findings` puts results back under it), so a
+    click in the world is first brought into the volume's local space: ``world_to_volume`` is the
+    4x4 matrix from world to the volume's parent space (the inverse of its parent transform; None
+    when the volume is not transformed). A non-linear parent transform is applied point by point
+    in the Slicer bridge (``vtkMRMLTransformNode.TransformPointFromWorld``) before this call.
+    """
+    point = np.append(np.asarray(world_ras, dtype=float), 1.0)
+    if point.shape != (4,) or not np.all(np.isfinite(point)):
+        raise ValueError(f"a point needs three finite coordinates, not {world_ras!r}")
+    if world_to_volume is not None:
+        point = np.asarray(world_to_volume, dtype=float) @ point
+    return ras_to_lps(point[:3] / point[3])

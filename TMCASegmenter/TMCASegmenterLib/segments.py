@@ -60,3 +60,21 @@ def import_findings(loaded, target, referenceVolume, findings: Sequence[FindingR
         loaded.GetSegmentation(), target.GetSegmentation(), findings,
         lambda segmentId: read_mask(loaded, segmentId, referenceVolume),
         lambda mask, segmentId: write_mask(mask, target, segmentId, referenceVolume))
+
+
+def replace_finding_mask(loaded, target, referenceVolume, finding: FindingRecord, targetSegmentId: str,
+                         read_mask: ReadMask, write_mask: WriteMask) -> np.ndarray:
+    """Put the mask of ``finding`` from the ``loaded`` result node into the existing segment ``targetSegmentId``.
+
+    Only that segment's voxels change: ``write_mask`` (Slicer's ``updateSegmentBinaryLabelmapFromArray``)
+    clears just its label value when it shares a labelmap layer with other segments. Its name,
+    colour and terminology stay as the user has them. Returns the written mask (k, j, i).
+    """
+    if target.GetSegmentation().GetSegment(targetSegmentId) is None:
+        raise RuntimeError(f"the segment of finding {finding.name!r} was removed; choose another finding")
+    if not finding.segment_id or loaded.GetSegmentation().GetSegment(finding.segment_id) is None:
+        raise RuntimeError(f"the engine's result has no segment {finding.segment_id!r} for finding {finding.name!r}")
+    loaded.SetAndObserveTransformNodeID(referenceVolume.GetTransformNodeID())
+    mask = read_mask(loaded, finding.segment_id, referenceVolume)
+    write_mask(mask, target, targetSegmentId, referenceVolume)
+    return mask

@@ -93,3 +93,26 @@ def _slicerPackaging() -> ModuleType | None:
     except ImportError:
         return None
     return module if hasattr(module, "pip_ensure") and hasattr(module, "load_requirements") else None
+
+
+def clickPointLps(volumeNode, worldRas) -> tuple[float, float, float]:
+    """A point placed in Slicer's world (RAS) as the engine reads ``volumeNode`` (LPS, mm, without its parent transform).
+
+    A linear parent transform goes through :func:`TMCASegmenterLib.geometry.click_point_lps` as a
+    matrix; a non-linear one is applied by Slicer (``vtkMRMLTransformableNode.TransformPointFromWorld``).
+    """
+    import numpy as np
+    import vtk
+
+    from TMCASegmenterLib import geometry
+
+    transformNode = volumeNode.GetParentTransformNode()
+    if transformNode is None:
+        return geometry.click_point_lps(worldRas)
+    if transformNode.IsTransformToWorldLinear():
+        matrix = vtk.vtkMatrix4x4()
+        transformNode.GetMatrixTransformFromWorld(matrix)
+        return geometry.click_point_lps(worldRas, slicer.util.arrayFromVTKMatrix(matrix))
+    local = [0.0, 0.0, 0.0]
+    volumeNode.TransformPointFromWorld([float(v) for v in worldRas], local)
+    return geometry.click_point_lps(np.asarray(local))

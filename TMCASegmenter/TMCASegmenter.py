@@ -165,12 +165,7 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveCorrectionButton.connect("clicked(bool)", self.onSaveCorrection)
         self.ui.improveModelButton.connect("clicked(bool)", self.onImproveModel)
         self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
-        self.ui.correctFindingComboBox.connect("currentIndexChanged(int)", self.onCorrectFindingChanged)
-        self.ui.includePointsButton.connect("toggled(bool)", lambda on: self.onPlacePoints(True, on))
-        self.ui.excludePointsButton.connect("toggled(bool)", lambda on: self.onPlacePoints(False, on))
-        self.ui.useMyEditsButton.connect("clicked(bool)", self.onUseMyEdits)
-        self.ui.undoClickButton.connect("clicked(bool)", self.onUndoClick)
-        self.ui.doneCorrectingButton.connect("clicked(bool)", self.onDoneCorrecting)
+        self._connectCorrectSection()
         slicer.app.connect("aboutToQuit()", self.logic.stopEngine)  # also stopped by cleanup(), on module unload
         self.ui.siteDatasetPathLineEdit.currentPath = self.logic.siteDatasetFolder()
         self.ui.siteDatasetPathLineEdit.connect("currentPathChanged(QString)", self.onSiteDatasetChanged)
@@ -279,6 +274,14 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateCorrectSection()
 
     # ------------------------------------------------------------------ Correct with clicks
+
+    def _connectCorrectSection(self) -> None:
+        self.ui.correctFindingComboBox.connect("currentIndexChanged(int)", self.onCorrectFindingChanged)
+        self.ui.includePointsButton.connect("toggled(bool)", lambda on: self.onPlacePoints(True, on))
+        self.ui.excludePointsButton.connect("toggled(bool)", lambda on: self.onPlacePoints(False, on))
+        self.ui.useMyEditsButton.connect("clicked(bool)", lambda checked=False: self.onUseMyEdits())
+        self.ui.undoClickButton.connect("clicked(bool)", lambda checked=False: self.onUndoClick())
+        self.ui.doneCorrectingButton.connect("clicked(bool)", lambda checked=False: self.onDoneCorrecting())
 
     def _updateCorrectSection(self) -> None:
         """Show the Correct section's controls as the engine, the last result and the click session allow."""
@@ -394,11 +397,14 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onInteractionModeChanged(self, caller, event) -> None:
         """The user left place mode (Escape, right-click, the toolbar): the buttons follow."""
         if caller.GetCurrentInteractionMode() != caller.Place:
-            for button in (self.ui.includePointsButton, self.ui.excludePointsButton):
-                if button.checked:
-                    wasBlocked = button.blockSignals(True)
-                    button.checked = False
-                    button.blockSignals(wasBlocked)
+            self._releasePlaceButtons()
+
+    def _releasePlaceButtons(self) -> None:
+        for button in (self.ui.includePointsButton, self.ui.excludePointsButton):
+            if button.checked:
+                wasBlocked = button.blockSignals(True)
+                button.checked = False
+                button.blockSignals(wasBlocked)
 
     def _onPointDefined(self, caller, event) -> None:
         """A point was placed: refine at once (or with the next request when one runs)."""
@@ -468,6 +474,7 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDoneCorrecting(self) -> None:
         """Stop placing, remove and hide the points; the corrected segment stays."""
         self._stopPlacing()
+        self._releasePlaceButtons()
         self._clearPoints()
         for node in self._pointLists.values():
             if slicer.mrmlScene.IsNodePresent(node) and node.GetDisplayNode():
@@ -1535,7 +1542,31 @@ class TMCASegmenterTest(ScriptedLoadableModuleTest):
         self._assertCorrectionSaved(logic, inputVolume, segmentation, Path(caseDir, "site"))
         logic.applyThreshold(0.9)
         self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), len(logic.lastFindings))
+        if logic.canRefine:
+            self.delayDisplay("Correcting a finding with a click")
+            self._assertClickRefinesAndUndoes(logic, inputVolume, segmentation)
+        logic.stopEngine()
         self.delayDisplay("Test passed")
+
+    def _assertClickRefinesAndUndoes(self, logic, inputVolume, segmentation):
+        choice = logic.correctableFindings()[0]
+        before = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, choice.segment_id, inputVolume).copy()
+        inside = np.argwhere(before > 0)
+        k, j, i = inside[len(inside) // 2] if len(inside) else np.array(before.shape) // 2
+        worldRas = (volumeIjkToRas(inputVolume) @ np.array([i, j, k, 1.0]))[:3]
+        firstResult = logic.lastResultId
+        logic.startCorrecting(choice)
+        errors = []
+        logic.addClick(worldRas, positive=False, completedCallback=lambda error, dropped: errors.append(error),
+                       waitForCompletion=True)
+        self.assertEqual(errors, [None])
+        self.assertNotEqual(logic.lastResultId, firstResult)
+        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), len(logic.lastFindings))
+        logic.undoClick()
+        after = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, choice.segment_id, inputVolume)
+        self.assertTrue(np.array_equal(after > 0, before > 0))
+        self.assertEqual(logic.lastResultId, firstResult)
+        logic.stopCorrecting()
 
     def _assertCorrectionSaved(self, logic, inputVolume, segmentation, dataset: Path):
         import SimpleITK as sitk

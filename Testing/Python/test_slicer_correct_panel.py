@@ -1,0 +1,325 @@
+"""The module's Correct section without Slicer: real PyQt5 widgets (offscreen) behind the PythonQt-style
+names the module uses, the module's widget and logic imported with fake_slicer's stand-ins, and a
+fake warm engine process behind the real EngineClient."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import textwrap
+import time
+from types import SimpleNamespace
+from unittest import mock
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest
+from PyQt5.QtCore import QEventLoop, QTimer
+from PyQt5.QtWidgets import QApplication, QComboBox, QLabel, QPushButton, QWidget
+
+from fake_slicer import slicer_module
+from TMCASegmenterLib.warm_engine import WarmEngine
+from tmca.protocol import FindingRecord
+
+
+@pytest.fixture(scope="module")
+def app():
+    return QApplication.instance() or QApplication([])
+
+
+class PythonQtStyle:
+    """A PyQt5 widget with PythonQt's spelling (``button.enabled = False``, ``combo.currentIndex``, ``connect("sig(int)", f)``)."""
+
+    _PROPERTIES = {"enabled": ("isEnabled", "setEnabled"), "checked": ("isChecked", "setChecked"), "text": ("text", "setText"),
+                   "currentIndex": ("currentIndex", "setCurrentIndex"), "count": ("count", None),
+                   "toolTip": ("toolTip", "setToolTip")}
+
+    def __init__(self, widget) -> None:
+        object.__setattr__(self, "widget", widget)
+
+    def __getattr__(self, name):
+        widget = object.__getattribute__(self, "widget")
+        if name == "visible":
+            return not widget.isHidden()
+        if name in self._PROPERTIES:
+            return getattr(widget, self._PROPERTIES[name][0])()
+        return getattr(widget, name)
+
+    def __setattr__(self, name, value):
+        widget = object.__getattribute__(self, "widget")
+        if name == "visible":
+            widget.setVisible(value)
+        else:
+            getattr(widget, self._PROPERTIES[name][1])(value)
+
+    def connect(self, signature: str, slot) -> None:
+        getattr(self.widget, signature.split("(")[0]).connect(slot)
+
+
+def _checkable(text: str) -> QPushButton:
+    button = QPushButton(text)
+    button.setCheckable(True)
+    return button
+
+
+def _ui() -> SimpleNamespace:
+    widgets = {"correctReasonLabel": QLabel(), "correctControlsWidget": QWidget(), "correctFindingComboBox": QComboBox(),
+               "includePointsButton": _checkable("Include"), "excludePointsButton": _checkable("Exclude"),
+               "useMyEditsButton": QPushButton(), "undoClickButton": QPushButton(), "doneCorrectingButton": QPushButton(),
+               "statusLabel": QLabel()}
+    return SimpleNamespace(**{name: PythonQtStyle(widget) for name, widget in widgets.items()})
+
+
+class PointList:
+    """A markups point list as far as the widget uses it (control points with ids and world positions)."""
+
+    PointPositionDefinedEvent = 20001
+
+    def __init__(self, name: str) -> None:
+        self.name, self.points, self.display = name, [], mock.MagicMock(name=f"{name} display")
+        self._ids = 0
+
+    def place(self, ras) -> None:
+        self._ids += 1
+        self.points.append((f"p{self._ids}", tuple(ras)))
+
+    def GetNumberOfControlPoints(self):
+        return len(self.points)
+
+    def GetNthControlPointID(self, index):
+        return self.points[index][0]
+
+    def GetNthControlPointPositionWorld(self, index, out):
+        out[:] = self.points[index][1]
+
+    def GetNthControlPointIndexByID(self, pointId):
+        return next((i for i, (pid, _) in enumerate(self.points) if pid == pointId), -1)
+
+    def RemoveNthControlPoint(self, index):
+        del self.points[index]
+
+    def RemoveAllControlPoints(self):
+        self.points = []
+
+    def GetDisplayNode(self):
+        return self.display
+
+    def GetID(self):
+        return self.name
+
+    def __getattr__(self, name):  # CreateDefaultDisplayNodes, SetMarkupLabelFormat, SetSaveWithScene
+        return lambda *args: None
+
+
+@contextlib.contextmanager
+def _panel(engine_factory, temp_dir):
+    """The module's widget with the Correct section on real Qt widgets and a logic holding a two-finding result."""
+    with slicer_module() as module:
+        slicer = module.slicer
+        errors: list = []
+
+        @contextlib.contextmanager
+        def try_with_error_display(message, waitCursor=False):
+            try:
+                yield
+            except Exception as error:  # Slicer shows it in a dialog
+                errors.append(f"{message} {error}")
+
+        lists: dict = {}
+        slicer.app.temporaryPath = str(temp_dir)
+        slicer.util.tryWithErrorDisplay = try_with_error_display
+        slicer.util.arrayFromSegmentBinaryLabelmap = mock.MagicMock(name="arrayFromSegmentBinaryLabelmap")
+        slicer.mrmlScene.AddNewNodeByClass = lambda cls, name: lists.setdefault(name, PointList(name))
+        slicer.mrmlScene.IsNodePresent = lambda node: True
+        slicer.modules = SimpleNamespace()
+        widget = module.TMCASegmenterWidget()
+        widget.ui = _ui()
+        widget.addObserver = mock.MagicMock(name="addObserver")
+        widget._showResult = lambda: widget._updateCorrectSection()
+        logic = widget.logic = module.TMCASegmenterLogic()
+        volume = mock.MagicMock(name="volume")
+        volume.GetParentTransformNode.return_value = None
+        segmentation = mock.MagicMock(name="segmentation")
+        logic.lastSegmentation, logic.lastInputVolume = segmentation, volume
+        logic.lastResultId = "r0"
+        logic.lastImported = [(0, "Segment_1"), (1, "Segment_2")]
+        logic.lastResultFindings = [FindingRecord("nodule"), FindingRecord("effusion")]
+        logic._engine = engine_factory()
+        logic._engineCommandLine = getattr(logic._engine, "command", ["serve"])
+        widget._parameterNode = SimpleNamespace(inputVolume=volume, outputSegmentation=segmentation)
+        widget._rows = [object()]
+        widget._connectCorrectSection()
+        try:
+            yield SimpleNamespace(module=module, widget=widget, logic=logic, ui=widget.ui, lists=lists, errors=errors,
+                                  slicer=slicer)
+        finally:
+            logic.stopEngine()
+
+
+class SaysHello:
+    """A warm engine that has answered ``hello`` and records requests (nothing is ever answered)."""
+
+    def __init__(self, can_refine: bool | None) -> None:
+        self.can_refine, self.requests, self.command, self.client = can_refine, [], ["serve"], None
+        self.state = "ready"
+
+    def request(self, command, op, on_event=None, **fields):
+        self.requests.append((op, fields))
+        return f"q{len(self.requests)}"
+
+    def stop(self):
+        pass
+
+
+def test_the_section_lists_the_findings_and_enables_its_controls_as_the_session_goes(app, tmp_path):
+    engine = SaysHello(True)
+    with _panel(lambda: engine, tmp_path) as panel:
+        ui, widget = panel.ui, panel.widget
+        widget._updateCorrectSection()
+        combo = ui.correctFindingComboBox.widget
+        assert [combo.itemText(i) for i in range(combo.count())] == ["1. nodule", "2. effusion"]
+        assert ui.correctControlsWidget.visible and ui.includePointsButton.enabled and ui.correctFindingComboBox.enabled
+        assert not ui.undoClickButton.enabled and not ui.doneCorrectingButton.enabled
+
+        combo.setCurrentIndex(1)
+        ui.includePointsButton.widget.click()  # a real toggle: the session starts on the chosen finding
+        assert panel.logic.clickSession.choice.segment_id == "Segment_2" and ui.doneCorrectingButton.enabled
+        ui.excludePointsButton.widget.click()
+        assert ui.excludePointsButton.checked and not ui.includePointsButton.checked, "one kind of point at a time"
+
+        excluded = panel.lists["TMCA exclude points"]
+        excluded.place((10.0, -20.0, 5.0))
+        widget._onPointDefined(excluded, excluded.PointPositionDefinedEvent)
+        op, fields = engine.requests[-1]
+        assert op == "refine" and fields["finding"] == 1 and fields["result_id"] == "r0"
+        assert fields["clicks"] == [{"point": [-10.0, 20.0, 5.0], "positive": False}], "RAS placed, LPS sent"
+        assert not ui.correctFindingComboBox.enabled and not ui.useMyEditsButton.enabled, "not while refining"
+        assert ui.correctReasonLabel.text == "Refining..."
+
+        excluded.place((11.0, -20.0, 5.0))
+        widget._onPointDefined(excluded, excluded.PointPositionDefinedEvent)
+        assert len(engine.requests) == 1, "the second point waits for the running refine"
+
+        ui.doneCorrectingButton.widget.click()
+        assert panel.logic.clickSession is None and excluded.points == [] and not ui.excludePointsButton.checked
+        excluded.display.SetVisibility.assert_called_with(False)
+        assert ui.correctFindingComboBox.enabled
+        assert not panel.errors
+
+
+def test_the_section_is_hidden_with_its_reason_when_the_model_cannot_refine(app, tmp_path):
+    with _panel(lambda: SaysHello(False), tmp_path) as panel:
+        panel.widget._updateCorrectSection()
+        assert not panel.ui.correctControlsWidget.visible
+        assert "cannot refine" in panel.ui.correctReasonLabel.text
+    with _panel(lambda: SaysHello(None), tmp_path) as panel:
+        panel.logic.lastResultId = None  # a one-shot result
+        panel.widget._updateCorrectSection()
+        assert panel.ui.correctControlsWidget.visible and not panel.ui.includePointsButton.enabled
+        assert "Apply again" in panel.ui.correctReasonLabel.text
+
+
+FAKE_ENGINE = textwrap.dedent('''
+    """A warm engine stand-in: hello at once, each refine answered after a delay with a new result id."""
+    import json, sys, time
+    count = 0
+    for line in sys.stdin:
+        request = json.loads(line)
+        answer = {"id": request["id"]}
+        if request["op"] == "hello":
+            answer.update(event="hello", protocol=1, can_refine=True, model="fake", model_id="0")
+        elif request["op"] == "refine" and any(c["point"][0] > 500 for c in request["clicks"]):
+            answer.update(event="error", message="click 2: the click lies outside the image; click inside the scan")
+        elif request["op"] == "refine":
+            time.sleep(float(sys.argv[1]))
+            count += 1
+            answer.update(event="result", protocol=1, output=request["output"], probability=None, result_id=f"r{count}",
+                          finding=request["finding"], refined_from=request["result_id"], seconds=0.1,
+                          clicks=len(request["clicks"]), findings=[{"name": "nodule", "segment_id": "Segment_1"}],
+                          negative_findings=[])
+        elif request["op"] == "shutdown":
+            print(json.dumps(dict(answer, event="done", op="shutdown")), flush=True)
+            break
+        else:
+            answer.update(event="done", op=request["op"])
+        print(json.dumps(answer), flush=True)
+''')
+
+
+def test_a_click_round_trip_with_an_engine_process_never_blocks_the_event_loop(app, tmp_path):
+    from TMCASegmenterLib.engine_client import EngineClient
+
+    script = tmp_path / "fake_engine.py"
+    script.write_text(FAKE_ENGINE, encoding="utf-8")
+    command = [sys.executable, str(script), "0.4"]
+
+    def engine():
+        warm = WarmEngine(EngineClient, QTimer())
+        warm.command = command
+        return warm
+
+    with _panel(engine, tmp_path) as panel:
+        logic, widget, ui = panel.logic, panel.widget, panel.ui
+        applied = []
+        logic._applyRefined = lambda session, run: applied.append((run.result_id, run.data["clicks"], run.data["refined_from"]))
+        widget._updateCorrectSection()
+        ui.includePointsButton.widget.click()
+        included = panel.lists["TMCA include points"]
+
+        ticks = []
+        ticker = QTimer()
+        ticker.setInterval(10)
+        ticker.timeout.connect(lambda: ticks.append(time.perf_counter()))
+        ticker.start()
+        started = time.perf_counter()
+        for ras in [(1.0, 2.0, 3.0), (4.0, 5.0, 6.0)]:
+            included.place(ras)
+            widget._onPointDefined(included, included.PointPositionDefinedEvent)
+        placed_in = time.perf_counter() - started
+        loop = QEventLoop()
+        waiter = QTimer()
+        waiter.timeout.connect(lambda: len(applied) == 2 and loop.quit())
+        waiter.start(10)
+        QTimer.singleShot(20000, loop.quit)
+        loop.exec_()
+        ticker.stop()
+
+        assert placed_in < 0.3, f"placing two points took {placed_in:.2f} s: the panel waited for the engine"
+        assert applied == [("r1", 1, "r0"), ("r2", 2, "r1")], "the second point went with the first's result"
+        gaps = [later - earlier for earlier, later in zip(ticks, ticks[1:])]
+        assert len(ticks) > 40 and max(gaps) < 0.25, "the event loop kept running while the engine worked"
+        assert logic.lastResultId == "r2" and ui.undoClickButton.enabled and not panel.errors
+        assert "Refined" in ui.statusLabel.text
+
+
+def test_a_point_the_engine_refuses_is_removed_and_the_segment_kept(app, tmp_path):
+    from TMCASegmenterLib.engine_client import EngineClient
+
+    script = tmp_path / "fake_engine.py"
+    script.write_text(FAKE_ENGINE, encoding="utf-8")
+
+    def engine():
+        warm = WarmEngine(EngineClient, QTimer())
+        warm.command = [sys.executable, str(script), "0.05"]
+        return warm
+
+    with _panel(engine, tmp_path) as panel:
+        logic, widget, ui = panel.logic, panel.widget, panel.ui
+        applied = []
+        logic._applyRefined = lambda session, run: applied.append(run.result_id)
+        widget._updateCorrectSection()
+        ui.includePointsButton.widget.click()
+        included = panel.lists["TMCA include points"]
+        for ras in [(1.0, 2.0, 3.0), (-1000.0, 2.0, 3.0)]:  # the second lies outside the scan (LPS x = 1000)
+            included.place(ras)
+            widget._onPointDefined(included, included.PointPositionDefinedEvent)
+            loop = QEventLoop()
+            waiter = QTimer()
+            waiter.timeout.connect(lambda: not logic.clickSession.in_flight and loop.quit())
+            waiter.start(10)
+            QTimer.singleShot(20000, loop.quit)
+            loop.exec_()
+        assert applied == ["r1"] and logic.lastResultId == "r1"
+        assert [position for _, position in included.points] == [(1.0, 2.0, 3.0)], "the refused point's markup is gone"
+        assert len(logic.clickSession.clicks) == 1 and "outside the image" in ui.statusLabel.text

@@ -284,6 +284,8 @@ def test_a_click_round_trip_with_an_engine_process_never_blocks_the_event_loop(a
         QTimer.singleShot(20000, loop.quit)
         loop.exec_()
         ticker.stop()
+        print(f"\npanel: 2 points placed in {placed_in * 1000:.1f} ms; both refinements applied after "
+              f"{time.perf_counter() - started:.2f} s (engine 2 x 0.4 s + its start)")
 
         assert placed_in < 0.3, f"placing two points took {placed_in:.2f} s: the panel waited for the engine"
         assert applied == [("r1", 1, "r0"), ("r2", 2, "r1")], "the second point went with the first's result"

@@ -325,3 +325,61 @@ def test_a_point_the_engine_refuses_is_removed_and_the_segment_kept(app, tmp_pat
         assert applied == ["r1"] and logic.lastResultId == "r1"
         assert [position for _, position in included.points] == [(1.0, 2.0, 3.0)], "the refused point's markup is gone"
         assert len(logic.clickSession.clicks) == 1 and "outside the image" in ui.statusLabel.text
+
+
+def test_a_refined_segment_replaces_only_its_own_undoes_and_leaves_the_threshold_slider(app, tmp_path):
+    """The logic's import of a refined result, undo and re-threshold, on the model of Slicer's shared layers."""
+    import numpy as np
+    from slicer_segmentation_model import (SHAPE, ModelNode, ModelSegmentation, ModelTransforms,
+                                           array_from_segment_binary_labelmap as read_mask,
+                                           update_segment_binary_labelmap_from_array as write_mask)
+    from TMCASegmenterLib.corrections_clicks import FindingChoice
+
+    def box(k, j, i, size=3):
+        mask = np.zeros(SHAPE, dtype=np.uint8)
+        mask[k:k + 2, j:j + size, i:i + size] = 1
+        return mask
+
+    nodule, effusion, bigger = box(2, 6, 6), box(4, 2, 8), box(2, 6, 6, size=5)
+    transforms = ModelTransforms()
+    shared = ModelSegmentation()
+    shared.add_written_layer({"Segment_1": ("nodule", nodule), "Segment_2": ("effusion", effusion)})
+    with _panel(lambda: SaysHello(True), tmp_path) as panel:
+        logic, module, slicer = panel.logic, panel.module, panel.slicer
+        volume = ModelNode(transforms)
+        volume.GetSpacing = lambda: (1.0, 1.0, 1.0)
+        volume.GetIJKToRASMatrix = lambda matrix: None
+        segmentation = ModelNode(transforms, shared)
+        logic.lastSegmentation, logic.lastInputVolume = segmentation, volume
+        logic.lastFindings = [FindingRecord("nodule", segment_id="Segment_1"), FindingRecord("effusion", segment_id="Segment_2")]
+        logic.lastSegmentIds = ["Segment_1", "Segment_2"]
+        slicer.util.arrayFromSegmentBinaryLabelmap = read_mask
+        slicer.util.updateSegmentBinaryLabelmapFromArray = write_mask
+        slicer.util.arrayFromVTKMatrix = lambda matrix: np.eye(4)
+        refined = ModelSegmentation()
+        refined.add_written_layer({"Segment_1": ("nodule", bigger), "Segment_2": ("effusion", effusion)})
+        logic._readSegmentationFile = lambda path: ModelNode(transforms, refined)
+        probability = np.stack([nodule * 0.9, effusion * 0.9]).astype(np.float32)
+        logic._thresholdTarget = module._ThresholdTarget(probability, segmentation, ["Segment_1", "Segment_2"], volume,
+                                                         list(logic.lastFindings))
+
+        session = logic.startCorrecting(FindingChoice("1. nodule", 0, "Segment_1"))
+        session.add((1.0, 1.0, 1.0), True)
+        session.next_request("/tmp/out.seg.nrrd")
+        run = SimpleNamespace(result=SimpleNamespace(findings=(FindingRecord("nodule", segment_id="Segment_1", voxels=50),
+                                                               FindingRecord("effusion", segment_id="Segment_2")),
+                                                     output="/tmp/out.seg.nrrd"),
+                              data={"finding": 0, "result_id": "r1"})
+        logic._applyRefined(session, run)
+        session.finished("r1")
+        assert np.array_equal(read_mask(segmentation, "Segment_1", volume), bigger)
+        assert np.array_equal(read_mask(segmentation, "Segment_2", volume), effusion), "the other finding is untouched"
+        assert logic.lastFindings[0].voxels == 50 and logic._thresholdTarget.segmentIds == ["Segment_2"]
+
+        logic.applyThreshold(0.5)
+        assert np.array_equal(read_mask(segmentation, "Segment_1", volume), bigger), "the slider leaves a corrected segment"
+        assert [f.name for f in logic.lastFindings] == ["nodule", "effusion"]
+
+        assert logic.undoClick() == [0]
+        assert np.array_equal(read_mask(segmentation, "Segment_1", volume), nodule), "undo restores the previous mask"
+        assert logic.lastResultId == "r0" and not session.can_undo

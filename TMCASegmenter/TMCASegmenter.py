@@ -757,6 +757,7 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         self._engineCommandLine: Optional[list] = None  # the warm engine that made the last result
         self._volumeFiles = warm_engine.VolumeFiles()
         self._undoMasks: list = []  # (segment id, packed previous mask, shape) per applied refinement
+        self._lastVolumeStamp = None  # the scan's voxels and geometry when the last result was made
         self._refineCallback: Optional[Callable] = None
 
     def getParameterNode(self):
@@ -845,12 +846,14 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         :return: the :class:`warm_engine.EngineRun` sent, or None when one runs (the point goes with the next)
         """
         session = self._requireSession()
+        self._checkScanUnchanged()
         session.add(slicer_bridge.clickPointLps(self.lastInputVolume, worldRas), positive)
         return self.sendRefine(completedCallback, waitForCompletion)
 
     def useMyEdits(self, completedCallback: Optional[Callable] = None, waitForCompletion: bool = False):
         """Start the next refinement from the finding's segment as edited now (sent at once when points exist)."""
         session = self._requireSession()
+        self._checkScanUnchanged()
         segmentation, inputVolume = self.lastSegmentation, self.lastInputVolume
         # with the scan as reference the array has the scan's whole grid (origin, spacing, directions, extent)
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, session.choice.segment_id, inputVolume)
@@ -886,6 +889,11 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         if waitForCompletion:
             run.wait(on_poll=lambda events: slicer.app.processEvents())
         return run
+
+    def _checkScanUnchanged(self) -> None:
+        """The engine refines the scan as it was written; voxels or geometry edited since then need a new Apply."""
+        if self._lastVolumeStamp is not None and self._volumeStamp(self.lastInputVolume) != self._lastVolumeStamp:
+            raise TMCAError(_("the scan changed since this result was computed; click Apply again, then correct"))
 
     def _requireSession(self) -> corrections_clicks.ClickSession:
         if self.clickSession is None:
@@ -1208,6 +1216,7 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         self.lastNegativeFindings = list(result.negative_findings)
         self.lastImported, self.lastResultFindings = list(imported), findings
         self.lastResultId = getattr(run.process, "result_id", None)
+        self._lastVolumeStamp = self._volumeStamp(run.inputVolume) if self.lastResultId else None
         self._engineCommandLine = run.command
         self.clickSession = None
         return segmentation

@@ -383,3 +383,19 @@ def test_a_refined_segment_replaces_only_its_own_undoes_and_leaves_the_threshold
         assert logic.undoClick() == [0]
         assert np.array_equal(read_mask(segmentation, "Segment_1", volume), nodule), "undo restores the previous mask"
         assert logic.lastResultId == "r0" and not session.can_undo
+
+
+def test_a_point_on_a_scan_edited_since_the_result_is_refused_before_the_engine_sees_it(app, tmp_path):
+    engine = SaysHello(True)
+    with _panel(lambda: engine, tmp_path) as panel:
+        logic, widget, ui = panel.logic, panel.widget, panel.ui
+        stamps = iter([(7, "grid"), (8, "grid")])  # the scan at the result, then after an edit of its voxels
+        logic._volumeStamp = lambda volume: next(stamps)
+        logic._lastVolumeStamp = logic._volumeStamp(None)
+        widget._updateCorrectSection()
+        ui.includePointsButton.widget.click()
+        included = panel.lists["TMCA include points"]
+        included.place((1.0, 2.0, 3.0))
+        widget._onPointDefined(included, included.PointPositionDefinedEvent)
+        assert engine.requests == [] and included.points == [] and logic.clickSession.clicks == []
+        assert "scan changed" in ui.statusLabel.text

@@ -1103,13 +1103,14 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         logging.info(f"TMCASegmenter: warm engine segment ({'scan written' if written else 'scan reused'}): {imagePath}")
         self._run = _Run(run, inputVolume, outputSegmentation, outputPath, probabilityPath,
                          progressCallback, completedCallback, show3D, model=model or None, command=list(command))
+        run.on_events = self._onEvents
         if waitForCompletion:
             run.wait(on_poll=self._onEventsWhileWaiting)
             outcome = self._finishRun()
             if outcome.error:
                 raise RuntimeError(outcome.error)
             return outcome.output
-        run.on_events, run.on_finished = self._onEvents, self._finishRun
+        run.on_finished = self._finishRun
         return None
 
     @staticmethod

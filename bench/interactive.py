@@ -10,7 +10,7 @@ Dice, and, for cases where the report-only mask missed the target, how often one
     python bench/interactive.py --model Resources/Models/tmca-demo --data runs/demo-data --format csv --json interactive.json
     python bench/interactive.py --model Resources/Models/tmca-demo --real /work/shared/data/real
 
-``--real`` runs the real MRIs of the shared data (image + label files, one finding per label) instead.
+Cases without target (a "No focal lesion." report) are skipped and listed. ``--real`` runs the real MRIs of the shared data (image + label files, one finding per label) instead.
 """
 
 from __future__ import annotations
@@ -111,13 +111,18 @@ def main() -> None:
         raise SystemExit(f"model {segmenter.model_path} has no click inputs")
     cases = real_cases(args.real) if args.real else dataset_cases(args.data, args.format, args.split, args.cases)
     curves, seconds, names = [], [], []
+    skipped = []
     for name, image, report, truth in cases:
+        if not truth.any():  # "No focal lesion.": nothing to click on
+            skipped.append(name)
+            continue
         curve, times = click_curve(segmenter, image, report, truth, args.clicks)
         curves.append(curve)
         seconds += times
         names.append(name)
         print(name, " ".join(f"{score:.3f}" for score in curve), flush=True)
     summary = {"model": str(segmenter.model_path), "data": str(args.real or args.data), **summarise(curves, seconds),
+               "skipped_without_target": skipped,
                "cases": {name: [round(s, 4) for s in curve] for name, curve in zip(names, curves)}}
     print(json.dumps({k: v for k, v in summary.items() if k != "cases"}, indent=2))
     if args.json:

@@ -55,6 +55,8 @@ from tmca.networks.factory import build_network
 
 log = logging.getLogger(__name__)
 
+DEFAULT_BATCH_SIZE = 16
+
 METRIC_FIELDS = ("epoch", "step", "lr", "loss", "dice_loss", "bce", "align", "deep_supervision", "align_excluded_empty", "val_dice", "seconds")
 DEFAULT_EPOCHS = 30
 DEFAULT_MIN_STEPS = 1000
@@ -75,7 +77,7 @@ class TrainOptions:
     output: str
     epochs: int | None = None
     max_steps: int | None = None
-    batch_size: int = 16
+    batch_size: int | None = None  # None: default_batch_size(training items)
     lr: float = 1e-3
     encoder_lr_scale: float = 0.3
     weight_decay: float = 1e-4
@@ -190,6 +192,12 @@ class BudgetSchedule:
         return self.optimizer.param_groups[-1]["lr"]
 
 
+def default_batch_size(items: int) -> int:
+    """DEFAULT_BATCH_SIZE, but at most a sixth of the training items (at least 2), so that a small dataset
+    still gives several optimizer steps per pass and each step costs little on a CPU."""
+    return max(2, min(DEFAULT_BATCH_SIZE, items // 6))
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size); initialises the process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -240,6 +248,9 @@ class Trainer:
                 raise TMCAError(f"cannot build the network: {error}") from error
         self.memory_format = torch.channels_last if self.config.spatial_dims == 2 else torch.contiguous_format
         self.train_set, self.val_set = train_set, val_set
+        if options.batch_size is None:
+            options.batch_size = default_batch_size(len(train_set))
+            log.info("batch size %d for %d training items", options.batch_size, len(train_set))
         self.best_dice, self.step, self.stale_validations, self.validations, self.time_start = -1.0, 0, 0, 0, 0.0
         if options.resume:
             self._resume()

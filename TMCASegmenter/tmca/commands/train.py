@@ -41,7 +41,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="passes over the data (default: 30, at least 1000 steps; with --time-limit alone: "
                         "until the time limit)")
     parser.add_argument("--steps", type=int, help="optimizer steps to train (instead of --epochs)")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=int, help="slices per optimizer step (default 16, at most a sixth of the training "
+                        "items, at least 2)")
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--lr", type=float)
     add_device(parser, default=None)
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     if options.resume and (args.output / "last").exists():  # the run's own architecture decides how its data is prepared
         from tmca.checkpoint import read_checkpoint_config
 
-        config = TMCAConfig.from_dict(read_checkpoint_config(args.output / "last")["model"])
+        config = TMCAConfig.from_saved(read_checkpoint_config(args.output / "last")["model"])
     else:
         config = TMCAConfig.from_dict(options.model)
         config.large_images = options.model["large_images"] = _large_images(options, train_samples, config)

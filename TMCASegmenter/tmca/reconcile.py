@@ -29,6 +29,7 @@ Measurement and tolerances (documented in docs/TERMINOLOGY.md):
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -307,7 +308,8 @@ def _region_check(statement: Statement, components: list[Component]) -> Check:
     if not components:
         return Check("region", "disagree", stated, "nothing segmented")
     agree = all(set(c.zone) & set(statement.zones) for c in components)
-    measured = ", ".join("/".join(c.zone) + " third" for c in components)
+    zones = Counter("/".join(c.zone) + " third" for c in components)
+    measured = ", ".join(zone if count == 1 else f"{zone} x{count}" for zone, count in zones.items())  # many components: one entry per zone
     return Check("region", "agree" if agree else "disagree", stated, measured)
 
 

@@ -197,3 +197,11 @@ def test_synthetic_ground_truth_agrees_with_its_reports(tmp_path):
         assert [c.status for c in checks[:3]] == ["agree", "agree", "agree"], (findings[0].text, checks)
         checked += 1
     assert checked >= 6
+
+
+def test_many_components_are_listed_once_per_region():
+    radiograph = _image(shape=(1, 90, 60), spacing=(0.2, 0.2, 1.0))
+    mask = np.zeros((1, 90, 60), bool)
+    mask[0, 5:25:4, 5:55:4] = True  # 5 x 13 equal specks, all in the upper third
+    region = next(c for c in check_finding("Nodules in the lower zone.", mask, radiograph) if c.name == "region")
+    assert region.measured == "upper third x65"

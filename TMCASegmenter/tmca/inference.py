@@ -298,10 +298,9 @@ class Segmenter:
         prior = start_probability(start_mask, result.probabilities[index], result.reference)
         refiner = SliceRefiner(result.source, result.source.texts[index], self.config.image_size, self._prepare_slice, self.model.encoder,
                                self._decode_with_clicks)  # fmt: skip
-        with torch.inference_mode():
-            refined, _ = refine_probabilities(refiner, result.probabilities[index], prior, voxels, result.source.axis, threshold)
         probabilities = result.probabilities.copy()
-        probabilities[index] = refined
+        with torch.inference_mode():
+            refine_probabilities(refiner, probabilities[index], prior, voxels, result.source.axis, threshold)
         unchanged = (result, index) if threshold == result.threshold else None
         return SegmentationResult(
             result.reference, result.findings, probabilities, threshold, result.relevance, result.negative_findings, result.source, unchanged

@@ -128,13 +128,14 @@ def refine_probabilities(
     voxels: Sequence[tuple[tuple[int, int, int], bool]],
     axis: int,
     threshold: float,
-) -> tuple[np.ndarray, list[int]]:
-    """One finding's new probabilities (z, y, x) and the slice indices recomputed.
+) -> list[int]:
+    """Redraw one finding's probabilities (z, y, x) in place; returns the slice indices recomputed.
 
-    ``probabilities``: the finding's current probabilities; ``prior``: its starting mask (the user's edits
-    or the current probabilities); ``voxels``: ((z, y, x), positive) per click.
+    ``probabilities``: the finding's probabilities, overwritten (pass a copy to keep the old ones);
+    ``prior``: its starting mask (the user's edits or the current probabilities, not a view of
+    ``probabilities``); ``voxels``: ((z, y, x), positive) per click.
     """
-    moved = np.moveaxis(probabilities, axis, 0).copy()
+    moved = np.moveaxis(probabilities, axis, 0)  # a view: the slices are written into ``probabilities``
     prior_slices = np.moveaxis(prior, axis, 0)
     clicks_by_slice: dict[int, tuple[list, list]] = {}
     for voxel, positive in voxels:
@@ -148,7 +149,7 @@ def refine_probabilities(
     for index, (positive, negative) in sorted(clicks_by_slice.items()):
         for step in (-1, 1):
             _propagate(refiner, moved, prior_slices, index, step, positive, negative, threshold, clicks_by_slice, changed)
-    return np.ascontiguousarray(np.moveaxis(moved, 0, axis)), sorted(set(changed))
+    return sorted(set(changed))
 
 
 def _propagate(refiner, moved, prior_slices, start, step, positive, negative, threshold, clicked, changed) -> None:

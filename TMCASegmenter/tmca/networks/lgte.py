@@ -75,8 +75,9 @@ class LanguageGuidedTargetEnhancement(nn.Module):
 class FineTextGate(nn.Module):
     """Report guidance for the fine decoder stages (strides 2 and 1), without attention at full resolution.
 
-    X' = (X * (1 + g(t)) + h(t)) * (1 + alpha * sigmoid(A_up)), where A_up is the stride-4 LGTE relevance
-    logits upsampled to X's grid. x (B, C, *s), sentence (B, d_t), relevance (B, 1, *s_coarse) -> (B, C, *s).
+    X' = (X * (1 + g(t)) + h(t)) * (1 + alpha * up(sigmoid(A))), where A is the stride-4 LGTE relevance
+    logits, upsampled to X's grid after the sigmoid (cheap: one channel at the coarse grid).
+    x (B, C, *s), sentence (B, d_t), relevance (B, 1, *s_coarse) -> (B, C, *s).
     """
 
     def __init__(self, channels: int, text_channels: int) -> None:
@@ -90,5 +91,5 @@ class FineTextGate(nn.Module):
         scale, shift = self.film(sentence).chunk(2, dim=-1)
         view = (...,) + (None,) * (x.ndim - 2)
         mode = "bilinear" if x.ndim == 4 else "trilinear"
-        gate = torch.sigmoid(F.interpolate(relevance, size=x.shape[2:], mode=mode, align_corners=False))
-        return (x * (1 + scale[view]) + shift[view]) * (1 + self.alpha * gate)
+        gate = F.interpolate(1 + self.alpha * torch.sigmoid(relevance), size=x.shape[2:], mode=mode, align_corners=False)
+        return torch.addcmul(shift[view], x, 1 + scale[view]) * gate

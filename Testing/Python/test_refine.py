@@ -173,3 +173,13 @@ def test_a_refined_result_measures_the_changed_finding_like_a_fresh_result(segme
     refined = segmenter.refine(result, 0, [tmca.Click(volume.TransformIndexToPhysicalPoint((40, 30, 5)))])
     fresh = SegmentationResult(refined.reference, refined.findings, refined.probabilities, refined.threshold)
     assert refined.records == fresh.records
+
+
+def test_a_click_model_segments_alike_with_onnx_and_refines_from_its_result(click_model_dir, volume):
+    pytest.importorskip("onnxruntime")
+    eager = tmca.Segmenter(click_model_dir, device="cpu")
+    onnx = tmca.Segmenter(click_model_dir, device="cpu", backend="onnx")
+    from_eager, from_onnx = eager.segment(volume, "Nodule in the left lobe."), onnx.segment(volume, "Nodule in the left lobe.")
+    np.testing.assert_allclose(from_onnx.probabilities, from_eager.probabilities, atol=1e-4)
+    clicks = [tmca.Click(volume.TransformIndexToPhysicalPoint((40, 30, 5)))]
+    np.testing.assert_allclose(onnx.refine(from_onnx, 0, clicks).probabilities, eager.refine(from_eager, 0, clicks).probabilities, atol=1e-4)

@@ -38,3 +38,30 @@ def tiny_model_dir(tmp_path_factory, text_encoder):
     torch.manual_seed(0)
     config = TMCAConfig(encoder="small", encoder_pretrained=False, image_size=64, embed_dim=32, decoder_channels=(32, 16, 16, 8, 8))
     return save_checkpoint(tmp_path_factory.mktemp("models") / "tiny", TMCANet(config, text_encoder))
+
+
+@pytest.fixture(scope="session")
+def click_model_dir(tmp_path_factory, text_encoder):
+    """A small checkpoint with click inputs whose click branch is switched on (random, not zero, weights)."""
+    from tmca.checkpoint import save_checkpoint
+    from tmca.config import TMCAConfig
+    from tmca.networks.tmca_net import TMCANet
+
+    torch.manual_seed(0)
+    config = TMCAConfig(encoder="small", encoder_pretrained=False, image_size=64, embed_dim=32, decoder_channels=(32, 16, 16, 8, 8),
+                        click_inputs=True)  # fmt: skip
+    model = TMCANet(config, text_encoder)
+    for head in model.decoder.clicks.heads:
+        torch.nn.init.normal_(head.weight, std=0.5)
+    return save_checkpoint(tmp_path_factory.mktemp("models") / "clicks", model)
+
+
+@pytest.fixture(scope="session")
+def small_and_large_ct(tmp_path_factory) -> dict:
+    """Two synthetic CT volumes: "small" (64 x 64 x 24, quick) and "large" (160 x 160 x 80, long enough to cancel)."""
+    from tmca.synth import write_dataset
+
+    root = tmp_path_factory.mktemp("ct-pair")
+    write_dataset(root / "small", 1, "CT", 3, seed=3, size=64, depth=24)
+    write_dataset(root / "large", 1, "CT", 3, seed=4, size=160, depth=80)
+    return {name: next((root / name / "images").glob("*.nii.gz")) for name in ("small", "large")}

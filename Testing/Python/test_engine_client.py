@@ -11,18 +11,22 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
-from PyQt5.QtCore import QEventLoop, QTimer
+from qt_loop import run_until
+from PyQt5.QtCore import QTimer
 from PyQt5.QtWidgets import QApplication
 
 from TMCASegmenterLib.commands import child_environment
 from TMCASegmenterLib.engine_client import EngineClient, EnginePoller, serve_command
 from tmca.errors import TMCAError
 from tmca.protocol import RequestError
-from tmca.synth import write_dataset
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "TMCASegmenter"
 REPORT = "Unilateral pulmonary infection, one infected area, middle left lung."
 TIMEOUT_S = 180.0
+
+
+def run_until_done(condition) -> bool:
+    return run_until(condition, TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
@@ -30,25 +34,6 @@ def app():
     return QApplication.instance() or QApplication([])
 
 
-@pytest.fixture(scope="module")
-def scans(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("client-data")
-    write_dataset(root / "small", 1, "CT", 3, seed=5, size=64, depth=24)
-    write_dataset(root / "large", 1, "CT", 3, seed=6, size=160, depth=80)
-    return {name: next((root / name / "images").glob("*.nii.gz")) for name in ("small", "large")}
-
-
-def _run_until(condition, timeout_s: float = TIMEOUT_S) -> bool:
-    """Spin a Qt event loop (the client's poller fires on it) until ``condition()`` or the timeout."""
-    loop = QEventLoop()
-    check = QTimer()
-    check.setInterval(10)
-    check.timeout.connect(lambda: condition() and loop.quit())
-    check.start()
-    QTimer.singleShot(int(timeout_s * 1000), loop.quit)
-    loop.exec_()
-    check.stop()
-    return bool(condition())
 
 
 def test_serve_command_runs_the_engine_module_and_refuses_bad_choices(tmp_path):
@@ -72,7 +57,7 @@ def test_client_delivers_events_restarts_a_killed_engine_and_stops_it(app, scans
         first: list = []
         request = client.request("segment", on_event=first.append, image=scans["small"], report=REPORT, output=tmp_path / "a.seg.nrrd")
         assert client.running and request in client.pending  # returned at once, the engine still loading
-        assert _run_until(lambda: first and first[-1].terminal)
+        assert run_until_done(lambda: first and first[-1].terminal)
         print(f"\nclient: engine start + first segment {time.perf_counter() - started:.2f} s")
         assert [e.name for e in first] == ["progress"] * (len(first) - 1) + ["result"]
         assert all(e.request_id == request for e in first) and first[-1].parsed.findings[0].name == "infected area, middle left lung"
@@ -85,26 +70,26 @@ def test_client_delivers_events_restarts_a_killed_engine_and_stops_it(app, scans
         first_pid = client.pid
         doomed: list = []
         client.request("segment", on_event=doomed.append, image=scans["large"], report=REPORT, output=tmp_path / "d.seg.nrrd")
-        assert _run_until(lambda: any(e.data.get("stage") == "segmenting" for e in doomed))
+        assert run_until_done(lambda: any(e.data.get("stage") == "segmenting" for e in doomed))
         os.kill(first_pid, signal.SIGKILL)
-        assert _run_until(lambda: doomed and doomed[-1].terminal)
+        assert run_until_done(lambda: doomed and doomed[-1].terminal)
         assert doomed[-1].name == "error" and "stopped unexpectedly" in doomed[-1].message and not client.running
 
         stale: list = []
         client.request("refine", on_event=stale.append, result_id=result_id, finding=0, clicks=[{"point": [0, 0, 0], "positive": True}],
                        output=tmp_path / "r.seg.nrrd")
-        assert _run_until(lambda: stale and stale[-1].terminal)
+        assert run_until_done(lambda: stale and stale[-1].terminal)
         assert stale[-1].name == "error" and "restarted" in stale[-1].message and not client.running  # not sent anywhere
 
         again: list = []
         client.request("segment", on_event=again.append, image=scans["small"], report=REPORT, output=tmp_path / "b.seg.nrrd")
         assert client.running and client.pid != first_pid and client.generation == 2
-        assert _run_until(lambda: again and again[-1].terminal)
+        assert run_until_done(lambda: again and again[-1].terminal)
         assert again[-1].name == "result" and again[-1].data["volume_cached"] is False  # a new engine: nothing kept
 
         running: list = []
         client.request("segment", on_event=running.append, image=scans["large"], report=REPORT, output=tmp_path / "c.seg.nrrd")
-        assert _run_until(lambda: any(e.data.get("stage") == "segmenting" for e in running))
+        assert run_until_done(lambda: any(e.data.get("stage") == "segmenting" for e in running))
     finally:
         poller.stop()
         code = client.stop()
@@ -135,3 +120,8 @@ def test_an_engine_that_cannot_start_answers_with_its_reason(app, tmp_path):
         time.sleep(0.05)
     assert answered[-1].name == "error" and "model folder not found" in answered[-1].message
     assert answered[-1].data["engine_exit"] == 2 and not client.running
+
+
+@pytest.fixture(scope="module")
+def scans(small_and_large_ct):
+    return small_and_large_ct

@@ -8,22 +8,10 @@ import SimpleITK as sitk
 import torch
 
 import tmca
-from tmca.checkpoint import save_checkpoint
 from tmca.config import TMCAConfig
 from tmca.interactive import click_maps, next_click
 from tmca.networks.tmca_net import TMCANet
 
-
-@pytest.fixture(scope="module")
-def click_model_dir(tmp_path_factory, text_encoder):
-    """A small checkpoint with click inputs whose click branch is switched on (random, not zero, weights)."""
-    torch.manual_seed(0)
-    config = TMCAConfig(encoder="small", encoder_pretrained=False, image_size=64, embed_dim=32, decoder_channels=(32, 16, 16, 8, 8),
-                        click_inputs=True)  # fmt: skip
-    model = TMCANet(config, text_encoder)
-    for head in model.decoder.clicks.heads:
-        torch.nn.init.normal_(head.weight, std=0.5)
-    return save_checkpoint(tmp_path_factory.mktemp("models") / "clicks", model)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ from tmca.checkpoint import checkpoint_id
 from tmca.cli import main
 from tmca.models import resolve_model
 from tmca.protocol import TERMINAL_EVENTS, ClickRequest, RequestError, encode_request, parse_request_line
-from tmca.synth import write_dataset
 
 REPORT_A = "Unilateral pulmonary infection, one infected area, middle left lung."
 REPORT_B = "Nodule in the upper right lung. No pleural effusion."
@@ -88,14 +87,6 @@ class Engine:
                 self.process.kill()
         return self.process.wait()
 
-
-@pytest.fixture(scope="module")
-def volumes(tmp_path_factory) -> dict[str, Path]:
-    """A small synthetic CT (quick) and a larger one (long enough to cancel)."""
-    root = tmp_path_factory.mktemp("serve-data")
-    write_dataset(root / "small", 1, "CT", 3, seed=3, size=64, depth=24)
-    write_dataset(root / "large", 1, "CT", 3, seed=4, size=160, depth=80)
-    return {name: next((root / name / "images").glob("*.nii.gz")) for name in ("small", "large")}
 
 
 @pytest.fixture(scope="module")
@@ -259,23 +250,6 @@ def _centre(image: Path, index: tuple[int, int, int] | None = None) -> tuple[flo
     return reference.TransformIndexToPhysicalPoint(index or tuple(n // 2 for n in reference.GetSize()))
 
 
-@pytest.fixture(scope="module")
-def click_model_dir(tmp_path_factory, text_encoder):
-    """A small checkpoint with click inputs and a switched-on (random, not zero) click branch."""
-    import torch
-
-    from tmca.checkpoint import save_checkpoint
-    from tmca.config import TMCAConfig
-    from tmca.networks.tmca_net import TMCANet
-
-    torch.manual_seed(0)
-    config = TMCAConfig(encoder="small", encoder_pretrained=False, image_size=64, embed_dim=32, decoder_channels=(32, 16, 16, 8, 8),
-                        click_inputs=True)  # fmt: skip
-    model = TMCANet(config, text_encoder)
-    for head in model.decoder.clicks.heads:
-        torch.nn.init.normal_(head.weight, std=0.5)
-    return save_checkpoint(tmp_path_factory.mktemp("models") / "clicks", model)
-
 
 @pytest.mark.slow
 def test_refine_redraws_one_finding_as_the_python_api_does(click_model_dir, volumes, tmp_path):
@@ -407,3 +381,8 @@ def test_a_model_that_cannot_load_ends_the_engine_with_its_reason(tmp_path):
                             input="", capture_output=True, text=True, timeout=TIMEOUT_S)
     assert result.returncode == 2 and result.stdout == ""
     assert protocol.engine_error_message(result.stderr.splitlines()).startswith("model folder not found")
+
+
+@pytest.fixture(scope="module")
+def volumes(small_and_large_ct):
+    return small_and_large_ct

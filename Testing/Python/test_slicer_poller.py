@@ -10,7 +10,8 @@ import time
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
-from PyQt5.QtCore import QEventLoop, QTimer
+from qt_loop import run_until
+from PyQt5.QtCore import QTimer
 from PyQt5.QtWidgets import QApplication
 
 from TMCASegmenterLib.poller import ProcessPoller
@@ -22,16 +23,6 @@ from tmca.protocol import Progress
 def app():
     return QApplication.instance() or QApplication([])
 
-
-def _run_until(condition, timeout_s: float) -> None:
-    loop = QEventLoop()
-    check = QTimer()
-    check.setInterval(10)
-    check.timeout.connect(lambda: condition() and loop.quit())
-    check.start()
-    QTimer.singleShot(int(timeout_s * 1000), loop.quit)
-    loop.exec_()
-    check.stop()
 
 
 def _child(tmp_path, body: str) -> list[str]:
@@ -51,7 +42,7 @@ def test_events_and_the_end_of_a_run_arrive_through_the_timer(app, tmp_path):
     events, finished = [], []
     poller = ProcessPoller(process, events.extend, lambda: finished.append(process.outcome()), QTimer(), intervalMs=20)
     poller.start()
-    _run_until(lambda: finished, 30)
+    run_until(lambda: finished, 30)
     assert [e.done for e in events if isinstance(e, Progress)] == [0, 1, 2]
     (outcome,) = finished
     assert outcome.ok and outcome.findings[0].segment_id == "Segment_1"
@@ -69,7 +60,7 @@ def test_cancel_keeps_the_event_loop_running_until_the_engine_is_gone(app, tmp_p
     finished, lines = [], []
     poller = ProcessPoller(process, lines.extend, lambda: finished.append(process.outcome()), QTimer(), intervalMs=50)
     poller.start()
-    _run_until(lambda: any(isinstance(e, LogLine) and e.text == "started" for e in lines), 30)
+    run_until(lambda: any(isinstance(e, LogLine) and e.text == "started" for e in lines), 30)
     time.sleep(0.2)  # the handler is installed
 
     ticks = []
@@ -80,7 +71,7 @@ def test_cancel_keeps_the_event_loop_running_until_the_engine_is_gone(app, tmp_p
     started = time.monotonic()
     process.cancel(grace_seconds=1.5)
     assert time.monotonic() - started < 0.5
-    _run_until(lambda: finished, 30)
+    run_until(lambda: finished, 30)
     heartbeat.stop()
 
     (outcome,) = finished

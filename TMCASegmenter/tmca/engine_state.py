@@ -48,6 +48,14 @@ def input_stamp(path: Path) -> Stamp:
         return ()
 
 
+MAX_RESULT_BYTES = 2 * 1024**3
+"""Results kept beyond this many bytes of probabilities and masks are forgotten, oldest first (the newest stays)."""
+
+
+def _array_bytes(result: Any) -> int:
+    return int(getattr(result, "probabilities", np.empty(0)).nbytes + getattr(result, "masks", np.empty(0)).nbytes)
+
+
 class Lru(Generic[T]):
     """At most ``capacity`` items by key; getting an item makes it the most recent."""
 
@@ -68,6 +76,10 @@ class Lru(Generic[T]):
         self._items.move_to_end(key)
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
+
+    def peek(self, key: Any) -> T | None:
+        """The item without making it the most recent."""
+        return self._items.get(key)
 
     def pop(self, key: Any) -> bool:
         return self._items.pop(key, None) is not None
@@ -104,9 +116,10 @@ class StoredResult:
 class EngineState:
     """The engine's volumes and results. Not thread-safe: the server holds its lock around every call."""
 
-    def __init__(self, max_results: int = 8, max_volumes: int = 2) -> None:
+    def __init__(self, max_results: int = 8, max_volumes: int = 2, max_result_bytes: int = MAX_RESULT_BYTES) -> None:
         self.volumes: Lru[CachedVolume] = Lru(max_volumes)
         self.results: Lru[StoredResult] = Lru(max_results)
+        self.max_result_bytes = max_result_bytes
         self.volume_loads = 0
         self.volume_hits = 0
         self._next_result = 0
@@ -133,13 +146,18 @@ class EngineState:
         self._next_result += 1
         result_id = f"result-{self._prefix}-{self._next_result}"
         self.results.put(result_id, StoredResult(result, image, stamp))
+        while len(self.results) > 1 and self._result_bytes() > self.max_result_bytes:  # big scans: fewer results, never the newest
+            self.results.pop(self.results.keys()[0])
         return result_id
+
+    def _result_bytes(self) -> int:
+        return sum(_array_bytes(self.results.peek(key).result) for key in self.results.keys())
 
     def stored(self, result_id: str) -> StoredResult:
         stored = self.results.get(result_id)
         if stored is None:
             raise TMCAError(
-                f"unknown result {result_id!r}: the engine keeps the last {self.results.capacity} results and forgets them "
+                f"unknown result {result_id!r}: the engine keeps the last {self.results.capacity} results (fewer for big scans) and forgets them "
                 "when it restarts; segment the report again"
             )
         return stored
@@ -195,6 +213,8 @@ def read_start_mask(path: Path, segment_id: str, reference: sitk.Image) -> np.nd
 
         masks, specs, geometry = read_segmentation(path)
         chosen = [mask for mask, spec in zip(masks, specs) if spec.segment_id == segment_id] or (masks if len(masks) == 1 else [])
+        if not masks:  # an erased segment: the user starts from nothing
+            chosen = [np.zeros(reference.GetSize()[::-1], dtype=bool)]
         if not chosen:
             ids = ", ".join(spec.segment_id for spec in specs) or "none"
             raise TMCAError(f"start mask {path} has no segment {segment_id!r} (its segments: {ids}); save the finding's segment")

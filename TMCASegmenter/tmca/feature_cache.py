@@ -10,6 +10,7 @@ encoding it, hundreds.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -37,27 +38,31 @@ class CachedEncoderRunner:
         self.hits = self.misses = 0
         self._entries: OrderedDict[tuple, Any] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.Lock()  # the warm engine clears the cache from its reading thread
 
     def encode(self, x: torch.Tensor) -> Any:
         key = content_key(x)
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return self._entries[key]
-        self.misses += 1
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return self._entries[key]
+            self.misses += 1
         features = self.runner.encode(x)
         size = _nbytes(features)
-        if size <= self.max_bytes:
-            while self._entries and self._bytes + size > self.max_bytes:
-                _, old = self._entries.popitem(last=False)
-                self._bytes -= _nbytes(old)
-            self._entries[key] = features
-            self._bytes += size
+        with self._lock:
+            if size <= self.max_bytes and key not in self._entries:
+                while self._entries and self._bytes + size > self.max_bytes:
+                    _, old = self._entries.popitem(last=False)
+                    self._bytes -= _nbytes(old)
+                self._entries[key] = features
+                self._bytes += size
         return features
 
     def decode(self, *args: Any, **kwargs: Any) -> Any:
         return self.runner.decode(*args, **kwargs)
 
     def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0

@@ -39,7 +39,7 @@ from tmca.protocol import FindingRecord, segment_id
 from tmca.reconcile import check_finding
 from tmca.refine import RefineSource, SliceRefiner, click_voxels, finding_index, refine_probabilities, start_probability
 from tmca.segio import SegmentSpec, layer_placement, write_segmentation, write_volume
-from tmca.sliding import needs_windows, predict_by_windows, resolve_large_images, window_count
+from tmca.sliding import predict_by_windows, resolve_large_images, window_count
 from tmca.terminology import code_finding
 
 log = logging.getLogger(__name__)
@@ -265,8 +265,9 @@ class Segmenter:
 
     @property
     def can_refine(self) -> bool:
-        """Whether the model was trained with click inputs (:meth:`refine` works)."""
-        return bool(self.config.click_inputs)
+        """Whether :meth:`refine` works: a model trained with click inputs that squeezes slices to its input size
+        (refining through sliding windows is not built)."""
+        return bool(self.config.click_inputs) and self.large_images != "tile"
 
     def refine(
         self,
@@ -285,6 +286,11 @@ class Segmenter:
         target continues are recomputed. Bad input (no such finding, a click outside the image, a
         model without click inputs) raises TMCAError and leaves ``result`` unchanged.
         """
+        if self.config.click_inputs and not self.can_refine:
+            raise TMCAError(
+                f"model {self.model_path} tiles large images with a sliding window, and refining with clicks through windows is "
+                "not built; correct the mask in Segment Editor"
+            )
         if not self.can_refine:
             raise TMCAError(
                 f"model {self.model_path} was trained without click inputs, so it cannot refine a finding with clicks; "
@@ -371,7 +377,8 @@ class Segmenter:
         return np.ascontiguousarray(probabilities), None if relevance is None else np.ascontiguousarray(np.moveaxis(relevance, 1, axis + 1))
 
     def _slides(self, size: tuple[int, int]) -> bool:
-        return self.large_images == "tile" and needs_windows(size, self.config.image_size)
+        """A tile model sees every slice of another size at native scale (larger: windows; smaller: zero-padded, as in training)."""
+        return self.large_images == "tile" and tuple(int(extent) for extent in size) != (self.config.image_size,) * 2
 
     def _slices_per_batch(self, size: tuple[int, int]) -> int:
         """Slices per batch: ``batch_size``, or when windows slide, as many slices as ``batch_size`` windows hold (at least one)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -171,3 +173,43 @@ def test_a_click_model_segments_alike_with_onnx_and_refines_from_its_result(clic
     np.testing.assert_allclose(from_onnx.probabilities, from_eager.probabilities, atol=1e-4)
     clicks = [tmca.Click(volume.TransformIndexToPhysicalPoint((40, 30, 5)))]
     np.testing.assert_allclose(onnx.refine(from_onnx, 0, clicks).probabilities, eager.refine(from_eager, 0, clicks).probabilities, atol=1e-4)
+
+
+def test_an_erased_segment_is_an_empty_start_mask(tmp_path, volume):
+    from tmca.engine_state import read_start_mask
+
+    erased = sitk.Image(volume.GetSize(), sitk.sitkUInt8)
+    erased.CopyInformation(volume)
+    sitk.WriteImage(erased, str(tmp_path / "erased.nrrd"))
+    mask = read_start_mask(tmp_path / "erased.nrrd", "Segment_1", volume)
+    assert mask.shape == sitk.GetArrayViewFromImage(volume).shape and not mask.any()
+
+
+def test_the_engine_forgets_old_results_beyond_its_byte_budget(segmenter, volume):
+    from tmca.engine_state import EngineState
+
+    result = segmenter.segment(volume, "Nodule in the left lobe.")
+    state = EngineState(max_results=8, max_result_bytes=int(2.5 * (result.probabilities.nbytes + result.masks.nbytes)))
+    ids = [state.keep_result(result, Path("scan.nrrd"), ()) for _ in range(4)]
+    assert state.results.keys() == ids[-2:]
+    with pytest.raises(tmca.TMCAError, match="unknown result"):
+        state.stored(ids[0])
+
+
+def test_a_tile_model_pads_small_slices_at_native_scale_and_does_not_offer_refine(tmp_path, text_encoder, volume):
+    from tmca.checkpoint import save_checkpoint
+
+    config = TMCAConfig(encoder="small", encoder_pretrained=False, image_size=64, embed_dim=32, decoder_channels=(32, 16, 16, 8, 8),
+                        click_inputs=True, large_images="tile")  # fmt: skip
+    segmenter = tmca.Segmenter(save_checkpoint(tmp_path / "tile", TMCANet(config, text_encoder)), device="cpu")
+    assert not segmenter.can_refine
+    seen = []
+    encode = segmenter.runner.encode
+    segmenter.runner.encode = lambda x: seen.append(x.clone()) or encode(x)
+    small = sitk.GetImageFromArray(np.random.default_rng(1).random((1, 40, 50), dtype=np.float32) + 0.5)
+    result = segmenter.segment(small, "Nodule in the left lobe.")
+    assert result.probabilities.shape == (1, 1, 40, 50)
+    window = seen[0][0, 0]
+    assert window.shape == (64, 64) and (window != 0).sum() == 40 * 50 - 1  # padded, not stretched (the minimum scales to 0)
+    with pytest.raises(tmca.TMCAError, match="sliding window"):
+        segmenter.refine(result, 0, [tmca.Click(small.TransformIndexToPhysicalPoint((10, 10, 0)))])

@@ -48,6 +48,7 @@ from tmca.site import split_counts
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 RESOURCES_DIR = paths.resource_dir(MODULE_DIR)
 RECENT_REPORTS_SETTING = "TMCASegmenter/RecentReports"
+EDITS_PREFIX = "TMCASegmenter-edits-"  # folders of edited masks exported for "Use my edits"
 
 
 #
@@ -129,6 +130,7 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pointLists: dict = {}  # positive (include) -> its point list, made on demand
         self._placed: list = []  # (positive, control point id) per click of the click session, in its order
         self._choices: list = []  # the Correct section's findings (corrections_clicks.FindingChoice)
+        self._savedPersistence = None  # (interaction node, its place-mode persistence before placing points)
         self._observedInteraction = None
 
     def resourcePath(self, filename: str) -> str:
@@ -386,18 +388,29 @@ class TMCASegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._observedInteraction is not interaction:
             self.addObserver(interaction, interaction.InteractionModeChangedEvent, self._onInteractionModeChanged)
             self._observedInteraction = interaction
+        if self._savedPersistence is None:
+            self._savedPersistence = (interaction, interaction.GetPlaceModePersistence())
         interaction.SetPlaceModePersistence(1)  # keep placing until the button is released
         interaction.SetCurrentInteractionMode(interaction.Place)
 
     def _stopPlacing(self) -> None:
         interaction = self._observedInteraction
         if interaction is not None and interaction.GetCurrentInteractionMode() == interaction.Place:
-            interaction.SwitchToViewTransformMode()
+            interaction.SwitchToViewTransformMode()  # keeps the persistence as it is
+        self._restorePersistence()
+
+    def _restorePersistence(self) -> None:
+        """Give place mode back the persistence it had before the Correct section switched it on."""
+        saved, self._savedPersistence = self._savedPersistence, None
+        if saved is not None:
+            interaction, persistence = saved
+            interaction.SetPlaceModePersistence(persistence)
 
     def _onInteractionModeChanged(self, caller, event) -> None:
         """The user left place mode (Escape, right-click, the toolbar): the buttons follow."""
         if caller.GetCurrentInteractionMode() != caller.Place:
             self._releasePlaceButtons()
+            self._restorePersistence()
 
     def _releasePlaceButtons(self) -> None:
         for button in (self.ui.includePointsButton, self.ui.excludePointsButton):
@@ -723,6 +736,8 @@ class _Run:
     model: Optional[str] = None
     improving: bool = False  # a ``tmca finetune`` run (outputPath: the new model folder), not a segmentation
     command: Optional[list] = None  # the warm engine's command line (None: a one-shot process)
+    threshold: Optional[float] = None  # the threshold the result's segments are made at
+    volumeStamp: Optional[tuple] = None  # the scan's voxels and geometry as written for the warm engine
 
 
 @dataclass
@@ -757,7 +772,8 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         self._engineCommandLine: Optional[list] = None  # the warm engine that made the last result
         self._volumeFiles = warm_engine.VolumeFiles()
         self._undoMasks: list = []  # (segment id, packed previous mask, shape) per applied refinement
-        self._lastVolumeStamp = None  # the scan's voxels and geometry when the last result was made
+        self._lastVolumeStamp = None  # the scan's voxels and geometry as written for the last result
+        self.shownThreshold: Optional[float] = None  # the threshold of the shown segments (the slider's), sent with refines
         self._refineCallback: Optional[Callable] = None
 
     def getParameterNode(self):
@@ -805,14 +821,14 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
 
     def stopEngine(self) -> None:
         """Stop the warm engine (a running request is cancelled) and delete the scans written for it."""
-        self.clickSession = None
+        self.stopCorrecting()
         if self._engine is not None:
             self._engine.stop()
         self._volumeFiles.clear()
 
     def forgetResults(self) -> None:
         """The scene was closed: the engine drops its results and volumes (it keeps running), clicks end."""
-        self.clickSession = None
+        self.stopCorrecting()
         self.lastResultId, self.lastImported, self.lastResultFindings = None, [], []
         if self._engine is not None and self._engine.client is not None and self._engine.client.running:
             self._engine.request(self._engine.client.command, "forget", all=True)
@@ -833,7 +849,8 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         """Begin placing points on ``choice`` (from :meth:`correctableFindings`), from the latest result."""
         if not self.lastResultId:
             raise TMCAError(_("this result was not made by the warm engine; click Apply again to correct it with clicks"))
-        self.clickSession = corrections_clicks.ClickSession(self.lastResultId, choice)
+        maxResults = self._engine.max_results if self._engine is not None else 8
+        self.clickSession = corrections_clicks.ClickSession(self.lastResultId, choice, max_results=maxResults)
         self._undoMasks = []
         self._segmentEditorFor(self.lastSegmentation, self.lastInputVolume)  # so that Ctrl+Z there undoes clicks
         return self.clickSession
@@ -862,9 +879,14 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
             raise TMCAError(_("the edited segment could not be read on the scan's grid; check that the segment exists"))
         import SimpleITK as sitk
 
-        folder = tempfile.mkdtemp(prefix="TMCASegmenter-edits-", dir=slicer.app.temporaryPath)
+        folder = tempfile.mkdtemp(prefix=EDITS_PREFIX, dir=slicer.app.temporaryPath)
         path = os.path.join(folder, "edited.nrrd")
-        sitk.WriteImage(geometry.image_on_grid((mask > 0).astype(np.uint8), volumeIjkToRas(inputVolume)), path, True)
+        try:
+            sitk.WriteImage(geometry.image_on_grid((mask > 0).astype(np.uint8), volumeIjkToRas(inputVolume)), path, True)
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self._removeEdits(session.start_mask)  # earlier edits not sent yet: these replace them
         session.use_edits(path)
         return self.sendRefine(completedCallback, waitForCompletion)
 
@@ -874,17 +896,18 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         if completedCallback is not None:
             self._refineCallback = completedCallback
         tempDir = tempfile.mkdtemp(prefix="TMCASegmenter-refine-", dir=slicer.app.temporaryPath)
-        fields = session.next_request(os.path.join(tempDir, "refined.seg.nrrd"))
+        fields = session.next_request(os.path.join(tempDir, "refined.seg.nrrd"), threshold=self.shownThreshold)
         if fields is None:
             shutil.rmtree(tempDir, ignore_errors=True)
             return None
         run = warm_engine.EngineRun(self.warmEngine, tempDir)
-        run.on_finished = lambda: self._finishRefine(session, run)
+        run.on_finished = lambda: self._finishRefine(session, run, fields["start_mask"])
         try:
             run.send(self._engineCommandLine, "refine", **fields)
         except Exception:
             session.finished(None)
             run.cleanup()
+            self._removeEdits(fields["start_mask"])
             raise
         if waitForCompletion:
             run.wait(on_poll=lambda events: slicer.app.processEvents())
@@ -900,7 +923,15 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
             raise TMCAError(_("choose the finding to correct first"))
         return self.clickSession
 
-    def _finishRefine(self, session: corrections_clicks.ClickSession, run: warm_engine.EngineRun) -> None:
+    @staticmethod
+    def _removeEdits(path: Optional[str]) -> None:
+        """Delete the folder of an exported edited mask (``useMyEdits``), once no request needs it."""
+        folder = os.path.dirname(path) if path else ""
+        if os.path.basename(folder).startswith(EDITS_PREFIX):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _finishRefine(self, session: corrections_clicks.ClickSession, run: warm_engine.EngineRun,
+                      startMask: Optional[str] = None) -> None:
         error, newId = None, None
         try:
             outcome = run.outcome()
@@ -916,14 +947,16 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
             error = str(exception)
         finally:
             run.cleanup()
+            self._removeEdits(startMask)  # a failed request drops the edits; a refined result holds them
         dropped = session.finished(newId)
         if newId and session is self.clickSession:
             self.lastResultId = newId
+            del self._undoMasks[:max(0, len(self._undoMasks) - session.undo_depth)]  # the engine forgot those results
             logging.info(f"TMCASegmenter: refined {session.choice.label} in {run.data.get('seconds')} s (engine)")
         if self._refineCallback is not None:
             self._refineCallback(error, dropped)
-        if session is self.clickSession and session.waiting:
-            self.sendRefine()  # points placed while this one ran
+        if newId and session is self.clickSession and session.waiting:
+            self.sendRefine()  # points placed while this one ran; never after a failure (it would fail again)
 
     def _applyRefined(self, session: corrections_clicks.ClickSession, run: warm_engine.EngineRun) -> None:
         """Replace the finding's segment with the refined mask; keep the previous one for undo."""
@@ -962,6 +995,8 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
 
     def stopCorrecting(self) -> None:
         """End the click session; the corrected segment stays."""
+        if self.clickSession is not None:
+            self._removeEdits(self.clickSession.start_mask)
         self.clickSession = None
         self._undoMasks = []
 
@@ -1092,7 +1127,8 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         """``process`` through the warm engine: the scan is written once per version, the request returns at once."""
         try:
             command = self.serveCommand(model, device)
-            imagePath, written = self._volumeFiles.path_for(inputVolume.GetID(), self._volumeStamp(inputVolume),
+            volumeStamp = self._volumeStamp(inputVolume)  # edits made while the engine runs must be noticed
+            imagePath, written = self._volumeFiles.path_for(inputVolume.GetID(), volumeStamp,
                                                             lambda path: self._writeVolume(inputVolume, path))
             run = warm_engine.EngineRun(self.warmEngine, tempDir)
             run.send(command, "segment", image=imagePath, report=report.strip(), output=outputPath,
@@ -1102,7 +1138,8 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
             raise
         logging.info(f"TMCASegmenter: warm engine segment ({'scan written' if written else 'scan reused'}): {imagePath}")
         self._run = _Run(run, inputVolume, outputSegmentation, outputPath, probabilityPath,
-                         progressCallback, completedCallback, show3D, model=model or None, command=list(command))
+                         progressCallback, completedCallback, show3D, model=model or None, command=list(command),
+                         threshold=float(threshold), volumeStamp=volumeStamp)
         run.on_events = self._onEvents
         if waitForCompletion:
             run.wait(on_poll=self._onEventsWhileWaiting)
@@ -1217,9 +1254,10 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
         self.lastNegativeFindings = list(result.negative_findings)
         self.lastImported, self.lastResultFindings = list(imported), findings
         self.lastResultId = getattr(run.process, "result_id", None)
-        self._lastVolumeStamp = self._volumeStamp(run.inputVolume) if self.lastResultId else None
+        self._lastVolumeStamp = run.volumeStamp if self.lastResultId else None
+        self.shownThreshold = run.threshold
         self._engineCommandLine = run.command
-        self.clickSession = None
+        self.stopCorrecting()
         return segmentation
 
     def _readSegmentationFile(self, path: str):
@@ -1287,6 +1325,7 @@ class TMCASegmenterLogic(ScriptedLoadableModuleLogic):
 
     def applyThreshold(self, threshold: float) -> list:
         """Re-threshold the last result's segments at ``threshold``; return the updated findings."""
+        self.shownThreshold = float(threshold)
         target = self._thresholdTarget
         if target is None:
             return self.lastFindings

@@ -4,8 +4,10 @@ A :class:`ClickSession` holds the include / exclude points placed on one finding
 engine reads the scan; :func:`TMCASegmenterLib.geometry.click_point_lps` converts Slicer's) and turns
 them into the warm engine's ``refine`` requests, one at a time: every request carries all the
 points so far and the finding's latest result, so points placed while a request runs are sent
-together once it has answered. A refused request (a point outside the scan) drops the points it
-carried; undo goes back one applied refine. :func:`correct_controls` says which controls of the
+together once it has answered. A refused or failed request drops the points it carried and the
+edited mask; nothing is resent until the user adds a point or presses a button. Undo goes back one
+applied refine, at most ``max_results - 1`` times (the engine keeps only its last ``max_results``
+results, the current one included). :func:`correct_controls` says which controls of the
 panel's Correct section are usable. No slicer, qt or vtk here.
 """
 
@@ -77,6 +79,7 @@ class ClickSession:
     clicks: list[PlacedClick] = field(default_factory=list)
     start_mask: str | None = None  # an exported edited mask, sent with the next request
     in_flight: bool = False
+    max_results: int = 8  # results the engine keeps (its hello's ``max_results``): bounds the undo depth
     _sent: int = 0  # points carried by the running request
     _sent_start_mask: str | None = None
     _applied_clicks: int = 0  # points reflected in the segment
@@ -99,15 +102,22 @@ class ClickSession:
         sent = self._sent if self.in_flight else self._applied_clicks
         return len(self.clicks) > sent or (self.start_mask is not None and bool(self.clicks))
 
-    def next_request(self, output: str, probability: str | None = None) -> dict[str, Any] | None:
-        """The fields of the next ``refine`` (all points so far), or None while one runs or nothing is new."""
+    def next_request(self, output: str, probability: str | None = None,
+                     threshold: float | None = None) -> dict[str, Any] | None:
+        """The fields of the next ``refine`` (all points so far), or None while one runs or nothing is new.
+
+        ``threshold``: the one the shown segments were made at (the slider's); None: the engine's result's.
+        """
         if self.in_flight or not self.clicks or not self.waiting:
             return None
         self.in_flight, self._sent = True, len(self.clicks)
         self._sent_start_mask, self.start_mask = self.start_mask, None
-        return {"result_id": self.result_id, "finding": self.choice.index,
-                "clicks": [click.as_dict() for click in self.clicks], "output": output,
-                "probability": probability, "start_mask": self._sent_start_mask}
+        fields = {"result_id": self.result_id, "finding": self.choice.index,
+                  "clicks": [click.as_dict() for click in self.clicks], "output": output,
+                  "probability": probability, "start_mask": self._sent_start_mask}
+        if threshold is not None:
+            fields["threshold"] = float(threshold)
+        return fields
 
     def finished(self, new_result_id: str | None) -> list[int]:
         """The running request ended: with a new result (applied), or refused/failed (None).
@@ -115,7 +125,8 @@ class ClickSession:
         A refused request drops the points it carried that no applied result reflects (the engine
         refuses them all together; they are the ones just placed): returns their positions in
         :attr:`clicks` (before removal), so the caller removes the same markups. An edited mask it
-        carried is kept for the next request.
+        carried is dropped too (resending it could fail the same way, forever). Applied results
+        beyond ``max_results - 1`` undo steps leave the history (the engine forgets them).
         """
         if not self.in_flight:
             return []
@@ -124,13 +135,22 @@ class ClickSession:
             self._history.append(_Applied(self.result_id, self._applied_clicks))
             self.result_id, self._applied_clicks = new_result_id, self._sent
             self._sent_start_mask = None
+            del self._history[:max(0, len(self._history) - self.undo_depth_limit)]
             return []
         dropped = list(range(self._applied_clicks, self._sent))
         del self.clicks[self._applied_clicks:self._sent]
-        if self.start_mask is None:
-            self.start_mask = self._sent_start_mask
         self._sent_start_mask = None
         return dropped
+
+    @property
+    def undo_depth_limit(self) -> int:
+        """The most undo steps whose results the engine still keeps (the current result takes one place)."""
+        return max(0, int(self.max_results) - 1)
+
+    @property
+    def undo_depth(self) -> int:
+        """Applied refines that can be undone now."""
+        return len(self._history)
 
     @property
     def can_undo(self) -> bool:

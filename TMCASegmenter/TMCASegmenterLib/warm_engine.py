@@ -74,6 +74,13 @@ class WarmEngine:
             return None
         return bool(client.info.get("can_refine"))
 
+    @property
+    def max_results(self) -> int:
+        """Results the running engine keeps for refine (its ``hello``; 8, the engine's default, before it answered)."""
+        client = self._client
+        info = client.info if client is not None else None
+        return int(info.get("max_results") or 8) if info else 8
+
     def request(self, command: Sequence[str], op: str, on_event: Callable[[Any], None] | None = None, **fields: Any):
         """Send ``op`` to the engine for ``command`` (starting or replacing it); returns the request id at once."""
         client = self._client_for([str(part) for part in command])

@@ -2,7 +2,7 @@
 
 Only what TMCASegmenter.py needs at import time is modelled: the scripted-module base classes,
 ``parameterNodeWrapper`` with its ``Choice`` and ``WithinRange`` annotations (kept so tests can read
-them), the i18n helpers and the MRML node classes. Anything else is a ``MagicMock``. The real
+them), the i18n helpers, the MRML node classes and the interaction node (place mode). Anything else is a ``MagicMock``. The real
 module code is then imported and its classes and functions are called and introspected.
 """
 
@@ -30,6 +30,34 @@ class _Base:
         self.parent = parent if parent is not None else mock.MagicMock()
 
 
+class InteractionNode:
+    """Slicer's interaction node as far as placing points goes: its mode and place-mode persistence.
+
+    ``SwitchToViewTransformMode`` keeps the persistence, as Slicer's does.
+    """
+
+    ViewTransform, Place = 2, 1
+    InteractionModeChangedEvent = 19001
+
+    def __init__(self) -> None:
+        self.mode, self.persistence = self.ViewTransform, 0
+
+    def GetCurrentInteractionMode(self) -> int:
+        return self.mode
+
+    def SetCurrentInteractionMode(self, mode: int) -> None:
+        self.mode = mode
+
+    def SwitchToViewTransformMode(self) -> None:
+        self.mode = self.ViewTransform
+
+    def GetPlaceModePersistence(self) -> int:
+        return self.persistence
+
+    def SetPlaceModePersistence(self, persistence: int) -> None:
+        self.persistence = int(persistence)
+
+
 def _module(name: str, **attributes) -> types.ModuleType:
     module = types.ModuleType(name)
     module.__dict__.update(attributes)
@@ -55,6 +83,7 @@ def slicer_module():
     }
     slicer = _module("slicer", app=mock.MagicMock(name="slicer.app"), mrmlScene=mock.MagicMock(name="mrmlScene"),
                      **node_classes, **{name.split(".")[1]: fakes[name] for name in fakes if name.startswith("slicer.")})
+    slicer.app.applicationLogic.return_value.GetInteractionNode.return_value = InteractionNode()
     fakes["slicer"] = slicer
     saved = {name: sys.modules.get(name) for name in [*fakes, "TMCASegmenter"]}
     sys.modules.update(fakes)

@@ -123,18 +123,43 @@ def test_undo_goes_back_one_applied_refinement_with_its_points():
     assert not session.can_undo and session.undo() == []
 
 
-def test_the_edited_mask_goes_with_the_next_request_once_and_survives_a_refusal():
+def test_the_edited_mask_goes_with_the_next_request_once_and_a_failure_drops_it():
     session = _session()
     session.use_edits("/tmp/edited.nrrd")
     assert session.next_request("/tmp/a") is None, "a refine needs at least one point"
     session.add((1.0, 1.0, 1.0), True)
     assert session.next_request("/tmp/a")["start_mask"] == "/tmp/edited.nrrd"
-    session.finished(None)
-    session.add((2.0, 2.0, 2.0), True)
-    assert session.next_request("/tmp/b")["start_mask"] == "/tmp/edited.nrrd"
     session.finished("r1")
     session.add((3.0, 3.0, 3.0), True)
     assert session.next_request("/tmp/c")["start_mask"] is None, "the refined result already holds the edits"
+    session.finished("r2")
+    session.use_edits("/tmp/edited-2.nrrd")
+    assert session.next_request("/tmp/d")["start_mask"] == "/tmp/edited-2.nrrd"
+    assert session.finished(None) == [] and session.start_mask is None
+    assert not session.waiting, "a failed request with edits is not pending again (it would fail again, forever)"
+    assert session.next_request("/tmp/e") is None
+
+
+def test_each_refine_request_carries_the_threshold_of_the_shown_segments():
+    session = _session()
+    session.add((1.0, 1.0, 1.0), True)
+    assert session.next_request("/tmp/a", threshold=0.3)["threshold"] == 0.3
+    session.finished("r1")
+    session.add((2.0, 2.0, 2.0), True)
+    assert "threshold" not in session.next_request("/tmp/b"), "no threshold known: the engine keeps its result's"
+
+
+def test_undo_never_reaches_further_back_than_the_results_the_engine_keeps():
+    session = ClickSession("r0", FindingChoice("1. nodule", 2, "Segment_7"), max_results=3)
+    for number in range(1, 6):
+        session.add((float(number), 1.0, 1.0), True)
+        session.next_request("/tmp/a")
+        session.finished(f"r{number}")
+    assert session.undo_depth == 2, "the engine keeps r5 (current), r4 and r3"
+    session.undo()
+    assert session.result_id == "r4"
+    session.undo()
+    assert session.result_id == "r3" and len(session.clicks) == 3 and not session.can_undo
 
 
 def test_the_correct_section_is_hidden_with_a_reason_when_the_model_cannot_refine():
@@ -243,8 +268,9 @@ def test_the_engine_starts_on_first_use_is_busy_while_working_and_restarts_after
     request = engine.request(["serve", "cpu"], "segment", image="/s.nrrd")
     client = clients[0]
     assert engine.state is EngineState.STARTING
-    client.info = {"can_refine": True}
-    assert engine.state is EngineState.BUSY and engine.can_refine is True
+    assert engine.max_results == 8, "the engine's default before its hello"
+    client.info = {"can_refine": True, "max_results": 3}
+    assert engine.state is EngineState.BUSY and engine.can_refine is True and engine.max_results == 3
     client.answer(request, "result", result_id="r1")
     engine.poll()
     assert engine.state is EngineState.READY

@@ -163,6 +163,7 @@ class SaysHello:
     def __init__(self, can_refine: bool | None) -> None:
         self.can_refine, self.requests, self.command, self.client = can_refine, [], ["serve"], None
         self.state = "ready"
+        self.max_results = 8
 
     def request(self, command, op, on_event=None, **fields):
         self.requests.append((op, fields))
@@ -398,4 +399,191 @@ def test_a_point_on_a_scan_edited_since_the_result_is_refused_before_the_engine_
         included.place((1.0, 2.0, 3.0))
         widget._onPointDefined(included, included.PointPositionDefinedEvent)
         assert engine.requests == [] and included.points == [] and logic.clickSession.clicks == []
+        assert "scan changed" in ui.statusLabel.text
+
+
+class AnswersWhenTold(SaysHello):
+    """A warm engine that keeps each request until the test answers it: a refine fails, or gives the next result."""
+
+    def __init__(self, max_results: int = 8) -> None:
+        super().__init__(True)
+        self.max_results, self.fail, self.unanswered, self.made = max_results, False, [], 0
+
+    def request(self, command, op, on_event=None, **fields):
+        request_id = super().request(command, op, on_event, **fields)
+        self.unanswered.append(on_event)
+        return request_id
+
+    def answer_all(self, limit: int = 20) -> None:
+        """Answer until nothing waits; a panel that resends by itself is stopped after ``limit`` answers."""
+        for _ in range(limit):
+            if not self.unanswered:
+                return
+            on_event = self.unanswered.pop(0)
+            if self.fail:
+                on_event(SimpleNamespace(terminal=True, name="error", message="the start mask is empty", data={}, parsed=None))
+            else:
+                self.made += 1
+                on_event(SimpleNamespace(terminal=True, name="result", message=None, data={"result_id": f"r{self.made}"},
+                                         parsed=SimpleNamespace(findings=(FindingRecord("nodule"),), output=None, probability=None,
+                                                                negative_findings=())))
+
+
+def _place(panel, positive: bool, ras) -> None:
+    points = panel.lists["TMCA include points" if positive else "TMCA exclude points"]
+    points.place(ras)
+    panel.widget._onPointDefined(points, points.PointPositionDefinedEvent)
+
+
+def _edits_ready(panel):
+    """Let "Use my edits" read a 4 x 5 x 6 segment on a scan of that shape."""
+    import numpy as np
+
+    mask = np.zeros((4, 5, 6), dtype=np.uint8)
+    mask[1:3, 1:4, 2:5] = 1
+    panel.slicer.util.arrayFromSegmentBinaryLabelmap = lambda segmentation, segmentId, volume: mask
+    panel.slicer.util.arrayFromVolume = lambda volume: np.zeros(mask.shape, dtype=np.int16)
+    panel.slicer.util.arrayFromVTKMatrix = lambda matrix: np.eye(4)
+
+
+def test_a_failed_refine_from_edits_is_sent_once_its_mask_dropped_and_its_folder_deleted(app, tmp_path):
+    engine = AnswersWhenTold()
+    with _panel(lambda: engine, tmp_path) as panel:
+        logic, widget, ui = panel.logic, panel.widget, panel.ui
+        logic._applyRefined = lambda session, run: None
+        _edits_ready(panel)
+        widget._updateCorrectSection()
+        ui.includePointsButton.widget.click()
+        _place(panel, True, (1.0, 2.0, 3.0))
+        engine.answer_all()
+        assert logic.lastResultId == "r1" and len(engine.requests) == 1
+
+        engine.fail = True
+        ui.useMyEditsButton.widget.click()
+        startMask = engine.requests[-1][1]["start_mask"]
+        assert startMask and os.path.isfile(startMask), "the edited segment goes with the request"
+        assert os.path.basename(os.path.dirname(startMask)).startswith("TMCASegmenter-edits-")
+        engine.answer_all()
+        assert len(engine.requests) == 2, "the failed request was resent without the user asking"
+        assert logic.clickSession.start_mask is None and not logic.clickSession.in_flight
+        assert list(tmp_path.glob("TMCASegmenter-edits-*")) == [], "the edits' folder outlived its request"
+        assert "start mask is empty" in ui.statusLabel.text and len(logic.clickSession.clicks) == 1
+
+        engine.fail = False
+        _place(panel, True, (4.0, 5.0, 6.0))  # the user's next point sends again, without the dropped edits
+        assert len(engine.requests) == 3 and engine.requests[-1][1]["start_mask"] is None
+        engine.answer_all()
+        assert logic.lastResultId == "r2" and not panel.errors
+
+
+def test_edits_left_unsent_are_deleted_when_correcting_ends_and_a_sent_ones_folder_after_success(app, tmp_path):
+    engine = AnswersWhenTold()
+    with _panel(lambda: engine, tmp_path) as panel:
+        logic, widget, ui = panel.logic, panel.widget, panel.ui
+        logic._applyRefined = lambda session, run: None
+        _edits_ready(panel)
+        widget._updateCorrectSection()
+        ui.useMyEditsButton.widget.click()  # no point yet: the edits wait for the first one
+        ui.useMyEditsButton.widget.click()  # newer edits replace them
+        assert engine.requests == [] and len(list(tmp_path.glob("TMCASegmenter-edits-*"))) == 1
+        ui.includePointsButton.widget.click()
+        _place(panel, True, (1.0, 2.0, 3.0))
+        assert engine.requests[-1][1]["start_mask"]
+        engine.answer_all()
+        assert logic.lastResultId == "r1" and list(tmp_path.glob("TMCASegmenter-edits-*")) == []
+
+        ui.useMyEditsButton.widget.click()
+        engine.answer_all()
+        ui.useMyEditsButton.widget.click()  # sent with the applied point
+        ui.doneCorrectingButton.widget.click()
+        engine.answer_all()
+        assert list(tmp_path.glob("TMCASegmenter-edits-*")) == [] and not panel.errors
+
+
+def test_a_refine_is_cut_at_the_threshold_of_the_shown_segments(app, tmp_path):
+    engine = SaysHello(True)
+    with _panel(lambda: engine, tmp_path) as panel:
+        panel.logic.shownThreshold = 0.5  # the Apply threshold
+        panel.logic.applyThreshold(0.3)  # the slider moved after the result came
+        panel.widget._updateCorrectSection()
+        panel.ui.includePointsButton.widget.click()
+        _place(panel, True, (1.0, 2.0, 3.0))
+        op, fields = engine.requests[-1]
+        assert op == "refine" and fields["threshold"] == 0.3
+
+
+def test_placing_points_gives_place_mode_its_persistence_back_when_it_stops(app, tmp_path):
+    with _panel(lambda: SaysHello(True), tmp_path) as panel:
+        ui, widget = panel.ui, panel.widget
+        interaction = panel.slicer.app.applicationLogic().GetInteractionNode()
+        widget._updateCorrectSection()
+
+        ui.includePointsButton.widget.click()
+        assert interaction.GetCurrentInteractionMode() == interaction.Place and interaction.GetPlaceModePersistence() == 1
+        ui.excludePointsButton.widget.click()
+        ui.doneCorrectingButton.widget.click()
+        assert interaction.GetCurrentInteractionMode() == interaction.ViewTransform
+        assert interaction.GetPlaceModePersistence() == 0, "Done left persistent place mode on for all of Slicer"
+
+        ui.includePointsButton.widget.click()
+        interaction.SwitchToViewTransformMode()  # Escape in a view
+        widget._onInteractionModeChanged(interaction, interaction.InteractionModeChangedEvent)
+        assert interaction.GetPlaceModePersistence() == 0 and not ui.includePointsButton.checked
+
+        interaction.SetPlaceModePersistence(1)  # the user's own choice stays
+        ui.includePointsButton.widget.click()
+        panel.logic.lastResultId = None  # a one-shot result: the section's controls go
+        widget._updateCorrectSection()
+        assert not ui.includePointsButton.checked and interaction.GetCurrentInteractionMode() == interaction.ViewTransform
+        assert interaction.GetPlaceModePersistence() == 1
+
+
+def test_undo_stops_at_the_oldest_result_the_engine_still_keeps(app, tmp_path):
+    import numpy as np
+
+    engine = AnswersWhenTold(max_results=3)
+    with _panel(lambda: engine, tmp_path) as panel:
+        logic, widget, ui = panel.logic, panel.widget, panel.ui
+        panel.slicer.util.updateSegmentBinaryLabelmapFromArray = mock.MagicMock(name="updateSegmentBinaryLabelmapFromArray")
+        logic._applyRefined = lambda session, run: logic._undoMasks.append(("Segment_1", np.packbits(np.ones(8, dtype=np.uint8)), (8,)))
+        widget._updateCorrectSection()
+        ui.includePointsButton.widget.click()
+        for number in range(5):
+            _place(panel, True, (float(number), 2.0, 3.0))
+            engine.answer_all()
+        assert logic.lastResultId == "r5" and len(logic._undoMasks) == 2
+        for expected in ("r4", "r3"):
+            ui.undoClickButton.widget.click()
+            assert logic.lastResultId == expected
+        assert not ui.undoClickButton.enabled and logic.undoClick() == [] and logic.lastResultId == "r3"
+        _place(panel, True, (9.0, 2.0, 3.0))
+        assert engine.requests[-1][1]["result_id"] == "r3", "refined from a result the engine keeps"
+        assert not panel.errors
+
+
+def test_a_scan_edited_while_the_engine_segmented_it_is_noticed_at_the_first_point(app, tmp_path):
+    engine = AnswersWhenTold()
+    with _panel(lambda: engine, tmp_path) as panel:
+        logic, widget, ui, module = panel.logic, panel.widget, panel.ui, panel.module
+        volume, segmentation = logic.lastInputVolume, logic.lastSegmentation
+        scan = {"stamp": (7, "grid")}
+        logic._volumeStamp = lambda node: scan["stamp"]
+        logic.serveCommand = lambda model, device: ["serve"]
+        logic._writeVolume = lambda node, path: open(path, "w").close()
+        logic._readSegmentationFile = mock.MagicMock(name="_readSegmentationFile")
+        panel.slicer.util.updateSegmentBinaryLabelmapFromArray = mock.MagicMock(name="updateSegmentBinaryLabelmapFromArray")
+        for step in ("_showSegmentation", "show3D", "_placeInStudy", "_keepProbabilityMap"):
+            setattr(logic, step, mock.MagicMock(name=step))
+        logic.lastResultId = None
+        logic.process(volume, "nodule", outputSegmentation=segmentation, threshold=0.4, waitForCompletion=False)
+        assert engine.requests[-1][0] == "segment"
+        scan["stamp"] = (8, "grid")  # the user edits the scan's voxels while the engine works
+        with mock.patch.object(module.segments, "import_findings", return_value=[(0, "Segment_1")]):
+            engine.answer_all()
+        assert logic.lastResultId == "r1" and logic.shownThreshold == 0.4
+
+        widget._updateCorrectSection()
+        ui.includePointsButton.widget.click()
+        _place(panel, True, (1.0, 2.0, 3.0))
+        assert [op for op, fields in engine.requests] == ["segment"], "a refine on a scan the engine never saw"
         assert "scan changed" in ui.statusLabel.text

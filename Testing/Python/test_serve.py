@@ -154,10 +154,9 @@ def test_hello_names_the_model_and_what_it_can_do(engine):
     demo = resolve_model(None)
     assert Path(hello["model"]) == demo and hello["model_id"] == checkpoint_id(demo)
     assert hello["device"] == "cpu" and set(hello["ops"]) == set(protocol.REQUEST_FIELDS)
-    from tmca.inference import Segmenter
+    from tmca.checkpoint import read_checkpoint_config
 
-    if not hasattr(Segmenter, "refine"):
-        assert hello["can_refine"] is False
+    assert hello["can_refine"] is bool(read_checkpoint_config(demo)["model"].get("click_inputs"))
     print(f"\nprocess start to hello: {engine.hello_seconds:.2f} s")
 
 
@@ -235,14 +234,18 @@ def test_bad_requests_get_one_error_each_and_the_engine_keeps_serving(engine, vo
 
 
 @pytest.mark.slow
-def test_refine_with_a_model_without_click_inputs_says_why(engine, volumes, tmp_path):
-    assert engine.hello["can_refine"] is False  # the demo model has no click inputs
-    image = volumes["small"]
-    made = _segment(engine, "to-refine", image, tmp_path / "r.seg.nrrd")[-1]
-    events = engine.ask({"op": "refine", "id": "refine", "result_id": made["result_id"], "finding": made["findings"][0]["name"],
-                         "clicks": [{"point": list(_centre(image)), "positive": True}], "output": str(tmp_path / "refined.seg.nrrd")})
-    assert events[-1]["event"] == "error" and "without click inputs" in events[-1]["message"]
-    assert not (tmp_path / "refined.seg.nrrd").exists()
+def test_refine_with_a_model_without_click_inputs_says_why(tiny_model_dir, volumes, tmp_path):
+    engine = Engine("--model", str(tiny_model_dir))
+    try:
+        assert engine.hello["can_refine"] is False
+        image = volumes["small"]
+        made = _segment(engine, "to-refine", image, tmp_path / "r.seg.nrrd")[-1]
+        events = engine.ask({"op": "refine", "id": "refine", "result_id": made["result_id"], "finding": made["findings"][0]["name"],
+                             "clicks": [{"point": list(_centre(image)), "positive": True}], "output": str(tmp_path / "refined.seg.nrrd")})
+        assert events[-1]["event"] == "error" and "without click inputs" in events[-1]["message"]
+        assert not (tmp_path / "refined.seg.nrrd").exists()
+    finally:
+        assert engine.close() == 0
 
 
 def _centre(image: Path, index: tuple[int, int, int] | None = None) -> tuple[float, float, float]:

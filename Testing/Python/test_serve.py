@@ -237,7 +237,7 @@ def test_bad_requests_get_one_error_each_and_the_engine_keeps_serving(engine, vo
 def test_refine_with_a_model_without_click_inputs_says_why(tiny_model_dir, volumes, tmp_path):
     engine = Engine("--model", str(tiny_model_dir))
     try:
-        assert engine.hello["can_refine"] is False
+        assert engine.ask({"op": "hello", "id": "hello"})[-1]["can_refine"] is False
         image = volumes["small"]
         made = _segment(engine, "to-refine", image, tmp_path / "r.seg.nrrd")[-1]
         events = engine.ask({"op": "refine", "id": "refine", "result_id": made["result_id"], "finding": made["findings"][0]["name"],

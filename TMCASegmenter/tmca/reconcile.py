@@ -196,7 +196,7 @@ def measure_mask(mask: np.ndarray, reference: sitk.Image) -> list[Component]:
         box = objects[label - 1]
         inside = labels[box] == label
         start = [s.start + c.start for s, c in zip(box, crop)]
-        centre_index = np.argwhere(inside).mean(axis=0) + start
+        centre_index = np.asarray(ndimage.center_of_mass(inside)) + start  # no (N, 3) index array for a large finding
         centre = to_lps(centre_index)
         surface = np.argwhere(inside & ~ndimage.binary_erosion(inside)) + start  # the diameter runs between surface voxels
         zone = _row_zone(centre_index[1], mask.shape[1]) if mask.shape[0] == 1 else _zone(centre, low, high)

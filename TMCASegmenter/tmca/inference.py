@@ -314,7 +314,11 @@ class Segmenter:
 
     def _prepare_slice(self, image: np.ndarray) -> torch.Tensor:
         """One preprocessed slice (h, w) or (C, h, w) -> the model's input (1, C, S, S)."""
-        x = model_input(torch.from_numpy(np.ascontiguousarray(image[None], dtype=np.float32)).to(self.device), self.config.image_size)
+        return self._model_input(image[None])
+
+    def _model_input(self, slices: np.ndarray) -> torch.Tensor:
+        """Preprocessed slices (N, h, w) or (N, C, h, w) -> the model's input (N, C, S, S), channels_last."""
+        x = model_input(torch.from_numpy(np.ascontiguousarray(slices)).to(self.device, torch.float32), self.config.image_size)
         return x.contiguous(memory_format=torch.channels_last)
 
     def _decode_with_clicks(self, features, x: torch.Tensor, text: TextFeatures | None, clicks: torch.Tensor) -> torch.Tensor:
@@ -395,8 +399,7 @@ class Segmenter:
                 )  # fmt: skip
             return probabilities.cpu().numpy(), None if relevance is None else relevance.cpu().numpy()
         with torch.inference_mode(), self._autocast():
-            x = model_input(torch.from_numpy(np.ascontiguousarray(slices)).to(self.device, torch.float32), self.config.image_size)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = self._model_input(slices)
             features = self.runner.encode(x)
             probabilities, relevance = [], []
             for text in texts:

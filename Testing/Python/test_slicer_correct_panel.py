@@ -436,7 +436,9 @@ def _place(panel, positive: bool, ras) -> None:
 
 
 def _edits_ready(panel):
-    """Let "Use my edits" read a 4 x 5 x 6 segment on a scan of that shape."""
+    """Show the Correct section with refined results not imported, and let "Use my edits" read a 4 x 5 x 6
+    segment on a scan of that shape."""
+    panel.logic._applyRefined = lambda session, run: None
     import numpy as np
 
     mask = np.zeros((4, 5, 6), dtype=np.uint8)
@@ -444,15 +446,14 @@ def _edits_ready(panel):
     panel.slicer.util.arrayFromSegmentBinaryLabelmap = lambda segmentation, segmentId, volume: mask
     panel.slicer.util.arrayFromVolume = lambda volume: np.zeros(mask.shape, dtype=np.int16)
     panel.slicer.util.arrayFromVTKMatrix = lambda matrix: np.eye(4)
+    panel.widget._updateCorrectSection()
 
 
 def test_a_failed_refine_from_edits_is_sent_once_its_mask_dropped_and_its_folder_deleted(app, tmp_path):
     engine = AnswersWhenTold()
     with _panel(lambda: engine, tmp_path) as panel:
-        logic, widget, ui = panel.logic, panel.widget, panel.ui
-        logic._applyRefined = lambda session, run: None
+        logic, ui = panel.logic, panel.ui
         _edits_ready(panel)
-        widget._updateCorrectSection()
         ui.includePointsButton.widget.click()
         _place(panel, True, (1.0, 2.0, 3.0))
         engine.answer_all()
@@ -479,10 +480,8 @@ def test_a_failed_refine_from_edits_is_sent_once_its_mask_dropped_and_its_folder
 def test_edits_left_unsent_are_deleted_when_correcting_ends_and_a_sent_ones_folder_after_success(app, tmp_path):
     engine = AnswersWhenTold()
     with _panel(lambda: engine, tmp_path) as panel:
-        logic, widget, ui = panel.logic, panel.widget, panel.ui
-        logic._applyRefined = lambda session, run: None
+        logic, ui = panel.logic, panel.ui
         _edits_ready(panel)
-        widget._updateCorrectSection()
         ui.useMyEditsButton.widget.click()  # no point yet: the edits wait for the first one
         ui.useMyEditsButton.widget.click()  # newer edits replace them
         assert engine.requests == [] and len(list(tmp_path.glob("TMCASegmenter-edits-*"))) == 1

@@ -144,3 +144,32 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu", text
     except (KeyError, RuntimeError, OSError) as error:
         raise TMCAError(f"model folder {folder}: weights do not fit the architecture in {CONFIG_FILE} ({error})") from error
     return model.to(device).eval(), config_json
+
+
+def transfer_weights(model: nn.Module, folder: str | Path) -> tuple[int, int, list[str]]:
+    """Start ``model`` from the weights of checkpoint ``folder`` wherever a tensor's name and shape match.
+
+    For adding parts to a trained model (click inputs, a finer decoder): everything that fits is
+    copied, the rest keeps its fresh initialisation. Returns (parameters copied, parameters in all,
+    names of the tensors that start fresh). TMCAError when the image or text encoders differ, or
+    when nothing fits.
+    """
+    config_json = read_checkpoint_config(folder)
+    saved = TMCAConfig.from_saved(config_json["model"])
+    for field in ("architecture", "encoder", "text_encoder", "in_channels"):
+        if getattr(saved, field) != getattr(model.config, field):
+            raise TMCAError(
+                f"cannot start from {folder}: its {field} is {getattr(saved, field)!r}, the model being trained has "
+                f"{getattr(model.config, field)!r}; give the same {field} or train without --init-weights"
+            )
+    try:
+        state = load_file(str(Path(folder) / WEIGHTS_FILE))
+    except (RuntimeError, OSError) as error:
+        raise TMCAError(f"cannot read the weights of {folder}: {error}") from error
+    current = model.trainable_state_dict()
+    taken = {name: state[name] for name, tensor in current.items() if name in state and state[name].shape == tensor.shape}
+    if not taken:
+        raise TMCAError(f"no weight of {folder} fits the model being trained; train without --init-weights")
+    model.load_trainable_state_dict({**current, **taken})
+    fresh = [name for name in current if name not in taken]
+    return sum(current[name].numel() for name in taken), sum(tensor.numel() for tensor in current.values()), fresh

@@ -64,6 +64,7 @@ class SegmentationResult:
     relevance: np.ndarray | None = None
     negative_findings: list[Finding] = field(default_factory=list)
     source: RefineSource | None = field(default=None, repr=False, compare=False)
+    clicks: dict[int, tuple] = field(default_factory=dict, repr=False, compare=False)  # finding -> the click voxels it was refined with
     unchanged_from: InitVar[tuple["SegmentationResult", int] | None] = None
     masks: np.ndarray = field(init=False)
     records: list[FindingRecord] = field(init=False)
@@ -107,8 +108,9 @@ class SegmentationResult:
     def with_threshold(self, threshold: float) -> "SegmentationResult":
         """The same probabilities cut at another threshold, without a new run."""
         return SegmentationResult(
-            self.reference, self.findings, self.probabilities, check_threshold(threshold), self.relevance, self.negative_findings, self.source
-        )
+            self.reference, self.findings, self.probabilities, check_threshold(threshold), self.relevance, self.negative_findings, self.source,
+            self.clicks,
+        )  # fmt: skip
 
     @property
     def segments(self) -> list[SegmentSpec]:
@@ -305,12 +307,15 @@ class Segmenter:
         refiner = SliceRefiner(result.source, result.source.texts[index], self.config.image_size, self._prepare_slice, self.model.encoder,
                                self._decode_with_clicks)  # fmt: skip
         probabilities = result.probabilities.copy()
+        probabilities[index] = prior  # the user's edits stay where no click redraws
+        applied = result.clicks.get(index, ()) if start_mask is None and threshold == result.threshold else ()
         with torch.inference_mode():
-            refine_probabilities(refiner, probabilities[index], prior, voxels, result.source.axis, threshold)
+            refine_probabilities(refiner, probabilities[index], prior, voxels, result.source.axis, threshold, applied)
         unchanged = (result, index) if threshold == result.threshold else None
         return SegmentationResult(
-            result.reference, result.findings, probabilities, threshold, result.relevance, result.negative_findings, result.source, unchanged
-        )
+            result.reference, result.findings, probabilities, threshold, result.relevance, result.negative_findings, result.source,
+            {**result.clicks, index: tuple(voxels)}, unchanged,
+        )  # fmt: skip
 
     def _prepare_slice(self, image: np.ndarray) -> torch.Tensor:
         """One preprocessed slice (h, w) or (C, h, w) -> the model's input (1, C, S, S)."""

@@ -3,7 +3,9 @@
 Only the slices a click can change are recomputed: each clicked slice, then its neighbours for as
 long as the target continues there (a positive click's point is still inside the new mask of the
 slice before, or a negative click's point inside the old mask of the slice), up to
-:data:`MAX_PROPAGATION` slices each way. Encoder features of a slice are computed once per result
+:data:`MAX_PROPAGATION` slices each way. On a redrawn slice only the connected parts of the mask
+change that lie under a click (:func:`local_change`), and slices whose clicks are the same as in the
+result refined are left as they are. Encoder features of a slice are computed once per result
 lineage and reused by every later click (:class:`RefineSource`).
 """
 
@@ -121,35 +123,61 @@ class SliceRefiner:
         return entry
 
 
+def local_change(new: np.ndarray, old: np.ndarray, points: Sequence[tuple[int, int]], threshold: float) -> np.ndarray:
+    """``new`` (h, w) where the mask changes in a connected region under one of ``points``, ``old`` elsewhere.
+
+    A click corrects the part of the mask it lands on: a redrawn slice that also moves the boundary of
+    another lesion, away from every click, keeps that lesion as it was.
+    """
+    changed = (new >= threshold) != (old >= threshold)
+    if not changed.any():
+        return new
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(changed.astype(np.uint8)), True))
+    under_clicks = {int(labels[point]) for point in points} - {0}
+    return np.where(np.isin(labels, list(under_clicks)) | ~changed, new, old).astype(np.float32)
+
+
+Voxels = Sequence[tuple[tuple[int, int, int], bool]]
+
+
 def refine_probabilities(
     refiner: SliceRefiner,
     probabilities: np.ndarray,
     prior: np.ndarray,
-    voxels: Sequence[tuple[tuple[int, int, int], bool]],
+    voxels: Voxels,
     axis: int,
     threshold: float,
+    applied: Voxels = (),
 ) -> list[int]:
     """Redraw one finding's probabilities (z, y, x) in place; returns the slice indices recomputed.
 
     ``probabilities``: the finding's probabilities, overwritten (pass a copy to keep the old ones);
     ``prior``: its starting mask (the user's edits or the current probabilities, not a view of
-    ``probabilities``); ``voxels``: ((z, y, x), positive) per click.
+    ``probabilities``); ``voxels``: ((z, y, x), positive) per click; ``applied``: the clicks the
+    current probabilities already hold. Only slices whose clicks differ from ``applied`` are
+    redrawn (with all their clicks), so a new click leaves the slices of earlier clicks as they were.
     """
     moved = np.moveaxis(probabilities, axis, 0)  # a view: the slices are written into ``probabilities``
     prior_slices = np.moveaxis(prior, axis, 0)
-    clicks_by_slice: dict[int, tuple[list, list]] = {}
-    for voxel, positive in voxels:
-        index = voxel[axis]
-        in_plane = tuple(v for i, v in enumerate(voxel) if i != axis)
-        clicks_by_slice.setdefault(index, ([], []))[0 if positive else 1].append(in_plane)
+    clicks_by_slice, before = _by_slice(voxels, axis), _by_slice(applied, axis)
+    redraw = {index: clicks for index, clicks in sorted(clicks_by_slice.items()) if clicks != before.get(index)}
     changed: list[int] = []
-    for index, (positive, negative) in sorted(clicks_by_slice.items()):
-        moved[index] = refiner.probability(index, positive, negative, prior_slices[index])
+    for index, (positive, negative) in redraw.items():
+        moved[index] = local_change(refiner.probability(index, positive, negative, prior_slices[index]), moved[index], positive + negative, threshold)
         changed.append(index)
-    for index, (positive, negative) in sorted(clicks_by_slice.items()):
+    for index, (positive, negative) in redraw.items():
         for step in (-1, 1):
             _propagate(refiner, moved, prior_slices, index, step, positive, negative, threshold, clicks_by_slice, changed)
     return sorted(set(changed))
+
+
+def _by_slice(voxels: Voxels, axis: int) -> dict[int, tuple[list, list]]:
+    """Slice index -> (positive, negative) in-plane points of the clicks on it."""
+    by_slice: dict[int, tuple[list, list]] = {}
+    for voxel, positive in voxels:
+        in_plane = tuple(v for i, v in enumerate(voxel) if i != axis)
+        by_slice.setdefault(voxel[axis], ([], []))[0 if positive else 1].append(in_plane)
+    return by_slice
 
 
 def _propagate(refiner, moved, prior_slices, start, step, positive, negative, threshold, clicked, changed) -> None:
@@ -164,7 +192,8 @@ def _propagate(refiner, moved, prior_slices, start, step, positive, negative, th
         if not carried_positive and not carried_negative:
             return
         old = moved[index] >= threshold
-        moved[index] = refiner.probability(index, carried_positive, carried_negative, prior_slices[index])
+        redrawn = refiner.probability(index, carried_positive, carried_negative, prior_slices[index])
+        moved[index] = local_change(redrawn, moved[index], carried_positive + carried_negative, threshold)
         changed.append(index)
         difference = np.count_nonzero(old != (moved[index] >= threshold))
         if difference <= CHANGE_FRACTION * max(np.count_nonzero(old), 1):

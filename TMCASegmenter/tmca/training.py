@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from tmca.atomic import atomic_path, write_text_atomic
-from tmca.checkpoint import load_checkpoint, save_checkpoint
+from tmca.checkpoint import load_checkpoint, save_checkpoint, transfer_weights
 from tmca.click_training import simulated_click_maps, wants_clicks
 from tmca.config import TMCAConfig
 from tmca.errors import TMCAError
@@ -95,6 +95,7 @@ class TrainOptions:
     resume: bool = False
     model: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None  # a checkpoint folder whose architecture and weights training starts from (fine-tuning)
+    init_weights: str | None = None  # a checkpoint whose weights start the configured architecture where names and shapes match
 
     def check(self) -> None:
         """TMCAError for options that cannot make a run."""
@@ -105,6 +106,8 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name} must be at least 1, not {value}")
+        if self.init_from and self.init_weights:
+            problems.append("give init_from (that model's architecture) or init_weights (the configured one), not both")
         if self.time_limit_minutes is not None and self.time_limit_minutes <= 0:
             problems.append(f"the time limit must be positive, not {self.time_limit_minutes}")
         if not 0.0 <= self.min_progress <= 1.0:
@@ -238,6 +241,7 @@ class Trainer:
         self.run_dir = Path(options.output)
         self.progress = progress if progress and self.rank == 0 else (lambda *a, **k: None)  # rank 0 reports for all
         seed_everything(options.seed + self.rank)
+        self.started_from: str | None = None
         if options.init_from and not options.resume:
             self._start_from(Path(options.init_from))
         else:
@@ -246,6 +250,8 @@ class Trainer:
                 self.model = build_network(self.config).to(self.device)
             except (ValueError, OSError) as error:  # the networks' library errors, for the user
                 raise TMCAError(f"cannot build the network: {error}") from error
+            if options.init_weights and not options.resume:
+                self._take_weights(Path(options.init_weights))
         self.memory_format = torch.channels_last if self.config.spatial_dims == 2 else torch.contiguous_format
         self.train_set, self.val_set = train_set, val_set
         if options.batch_size is None:
@@ -455,6 +461,7 @@ class Trainer:
                 "validations": self.validations,
                 "best_val_dice": round(self.best_dice, 4),
                 "seed": self.options.seed,
+                **({"init_weights": self.options.init_weights} if self.options.init_weights else {}),
             }
         }
 
@@ -482,6 +489,14 @@ class Trainer:
         self.config = model.config
         self.model = model.train()
         log.info("starting from the weights of %s", checkpoint)
+
+    def _take_weights(self, checkpoint: Path) -> None:
+        """Start the configured architecture from ``checkpoint``'s weights wherever they fit."""
+        copied, total, fresh = transfer_weights(self.model, checkpoint)
+        parts = sorted({".".join(name.split(".")[:3]) for name in fresh})
+        self.started_from = (f"starting from the weights of {checkpoint}: {100.0 * copied / total:.1f}% of {total} parameters; "
+                             f"fresh: {', '.join(parts) or 'nothing'}")
+        log.info(self.started_from)
 
     def _resume(self) -> None:
         last = self.run_dir / "last"

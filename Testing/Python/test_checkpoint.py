@@ -121,3 +121,30 @@ def test_checkpoint_files_get_the_usual_permissions(tmp_path, small_config, text
         os.umask(old)
     assert folder.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700: other users can load the model
     assert all(path.stat().st_mode & 0o777 == 0o644 for path in folder.iterdir())
+
+
+def test_init_weights_adds_click_inputs_and_a_finer_decoder_to_a_trained_model(saved, small_config, text_encoder):
+    """What `tmca train --init-weights` does: every tensor whose name and shape fit is copied, the rest starts fresh."""
+    from tmca.checkpoint import transfer_weights
+
+    trained, folder = saved
+    torch.manual_seed(2)
+    grown = TMCANet(small_config(decoder_channels=(32, 16, 16, 12, 8), click_inputs=True), text_encoder)
+    copied, total, fresh = transfer_weights(grown, folder)
+    old, new = trained.trainable_state_dict(), grown.trainable_state_dict()
+    assert 0 < copied < total
+    assert any(name.startswith("decoder.clicks.") for name in fresh)
+    assert "decoder.stages.3.reduce.conv.weight" in fresh and "encoder" not in " ".join(fresh)
+    for name, tensor in new.items():
+        if name not in fresh:
+            assert torch.equal(tensor, old[name]), name
+    assert copied == sum(new[name].numel() for name in new if name not in fresh)
+
+
+def test_init_weights_refuses_a_model_with_another_encoder(saved, small_config, text_encoder):
+    from tmca.checkpoint import transfer_weights
+
+    _, folder = saved
+    other = TMCANet(small_config(in_channels=3), text_encoder)
+    with pytest.raises(TMCAError, match="in_channels is 1.*has 3"):
+        transfer_weights(other, folder)

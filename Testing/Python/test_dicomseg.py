@@ -96,11 +96,13 @@ def _tmca(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tmca.cli", *args], capture_output=True, text=True)
 
 
-def test_cli_writes_a_dicom_seg_equal_to_the_seg_nrrd(tmp_path):
+def test_cli_writes_a_dicom_seg_equal_to_the_seg_nrrd(tmp_path, tiny_model_dir):
     write_series(tmp_path / "series")
     out = tmp_path / "out.seg.nrrd"
+    # a random-weight model marks voxels on any scan at a low threshold: the comparison then has content
     done = _tmca("segment", str(tmp_path / "series"), "--report", "Small nodule in the upper left lung; no effusion.",
-                 "--output", str(out), "--dicom-seg", str(tmp_path / "out.dcm"), "--threshold", "0.05", "--progress", "json")  # fmt: skip
+                 "--output", str(out), "--dicom-seg", str(tmp_path / "out.dcm"), "--threshold", "0.05", "--progress", "json",
+                 "--model", str(tiny_model_dir))  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["dicom_seg"] == str(tmp_path / "out.dcm")

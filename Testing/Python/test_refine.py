@@ -43,6 +43,19 @@ def test_refine_changes_only_the_finding_and_slices_near_the_click(segmenter, vo
     np.testing.assert_array_equal(by_name.probabilities, refined.probabilities)
 
 
+def test_a_new_click_leaves_the_slices_of_earlier_clicks_as_they_were(segmenter, volume):
+    """Redrawing an already clicked slice again from its own refined mask would drift it away from what the user saw."""
+    result = segmenter.segment(volume, "Nodule in the left lobe.")
+    first = tmca.Click(volume.TransformIndexToPhysicalPoint((40, 30, 1)))
+    second = tmca.Click(volume.TransformIndexToPhysicalPoint((50, 40, 8)), positive=False)
+    once = segmenter.refine(result, 0, [first])
+    twice = segmenter.refine(once, 0, [first, second])
+    np.testing.assert_array_equal(twice.probabilities[0, 1], once.probabilities[0, 1])
+    assert not np.array_equal(twice.probabilities[0, 8], once.probabilities[0, 8])
+    again = segmenter.refine(once, 0, [first, second], start_mask=once.masks[0])  # the user's own edits: every clicked slice is redrawn
+    assert not np.array_equal(again.probabilities[0, 1], once.probabilities[0, 1])
+
+
 def test_start_mask_is_the_prior(segmenter, volume):
     result = segmenter.segment(volume, "Nodule in the left lobe.")
     point = volume.TransformIndexToPhysicalPoint((40, 30, 5))
@@ -53,6 +66,11 @@ def test_start_mask_is_the_prior(segmenter, volume):
     assert not np.allclose(plain.probabilities[0, 5], from_edits.probabilities[0, 5])
     with pytest.raises(tmca.TMCAError, match="shape"):
         segmenter.refine(result, 0, [tmca.Click(point)], start_mask=edited[:5])
+    edited[8, 10:20, 10:20] = 1
+    outside = tmca.Click(volume.TransformIndexToPhysicalPoint((90, 75, 5)), positive=False)  # nothing to carry to other slices
+    kept = segmenter.refine(result, 0, [outside], start_mask=edited)
+    others = [k for k in range(10) if k != 5]
+    np.testing.assert_array_equal(kept.masks[0][others], edited[others] > 0)
 
 
 @pytest.mark.parametrize(
@@ -213,3 +231,19 @@ def test_a_tile_model_pads_small_slices_at_native_scale_and_does_not_offer_refin
     assert window.shape == (64, 64) and (window != 0).sum() == 40 * 50 - 1  # padded, not stretched (the minimum scales to 0)
     with pytest.raises(tmca.TMCAError, match="sliding window"):
         segmenter.refine(result, 0, [tmca.Click(small.TransformIndexToPhysicalPoint((10, 10, 0)))])
+
+
+def test_a_click_changes_only_the_region_of_the_mask_it_lands_on():
+    from tmca.refine import local_change
+
+    old = np.zeros((20, 20), dtype=np.float32)
+    old[2:6, 2:6] = 0.9  # a lesion the user is happy with
+    new = np.zeros_like(old)
+    new[2:4, 2:6] = 0.9  # the redraw also shrank it ...
+    new[12:16, 12:16] = 0.8  # ... while drawing the missed lesion under the click
+    kept = local_change(new, old, [(13, 13)], 0.5)
+    np.testing.assert_array_equal(kept[2:6, 2:6], old[2:6, 2:6])
+    np.testing.assert_array_equal(kept[12:16, 12:16], new[12:16, 12:16])
+    removed = local_change(new, old, [(5, 5)], 0.5)  # a negative click on the part that went
+    np.testing.assert_array_equal(removed[4:6, 2:6], new[4:6, 2:6])
+    assert (removed[12:16, 12:16] == 0).all()

@@ -86,6 +86,21 @@ def test_click_training_gives_a_model_that_refines(dataset, config_file, tmp_pat
     assert refined.probabilities.shape == result.probabilities.shape and np.isfinite(refined.probabilities).all()
 
 
+def test_init_weights_adds_click_inputs_to_a_trained_model(dataset, config_file, tmp_path, capsys):
+    import tmca
+
+    assert _train(dataset, config_file, tmp_path / "plain", "--epochs", "1") == 0
+    capsys.readouterr()
+    run = tmp_path / "grown"
+    assert _train(dataset, config_file, run, "--epochs", "1", "--click-training", "--init-weights", str(tmp_path / "plain" / "last")) == 0
+    told = capsys.readouterr().err
+    assert f"starting from the weights of {tmp_path / 'plain' / 'last'}" in told and "fresh: decoder.clicks" in told
+    assert tmca.Segmenter(run / "last", device="cpu").can_refine
+    assert json.loads((run / "last" / "config.json").read_text())["training"]["init_weights"] == str(tmp_path / "plain" / "last")
+    assert _train(dataset, config_file, tmp_path / "bad", "--epochs", "1", "--init-weights", str(dataset)) != 0
+    assert "config.json" in capsys.readouterr().err
+
+
 def test_unet_ablation_trains_saves_segments_and_evaluates(dataset, config_file, tmp_path, capsys):
     import numpy as np
     import SimpleITK as sitk

@@ -55,6 +55,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--click-training", action="store_true",
                         help="give the model click inputs and train it with simulated corrective clicks, so that it can refine a "
                              "finding from the user's clicks (tmca.Segmenter.refine, the Slicer panel's Correct section)")
+    parser.add_argument("--init-weights", type=Path, metavar="MODEL",
+                        help="start from a trained model's weights wherever names and shapes match (to add --click-training or "
+                             "a newer decoder to a model you trained); the other parts start fresh")
     parser.add_argument("--large-images", choices=("auto", *LARGE_IMAGE_MODES), default="auto",
                         help="slices much larger than --image-size: 'tile' trains on native-resolution crops (inference slides a "
                              "window), 'resize' squeezes each slice; 'auto' tiles when slices exceed 1.5x the size and no report "
@@ -117,6 +120,8 @@ def build_options(args: argparse.Namespace):
     train.update({key: value for key, value in overrides.items() if value is not None})
     if args.large_images != "auto":
         model["large_images"] = args.large_images
+    if args.init_weights is not None:
+        train["init_weights"] = str(args.init_weights)
     options = TrainOptions(data=str(args.data), format=args.format, output=str(args.output), resume=args.resume, model=model, **train)
     options.check()
     return options
@@ -198,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
     progress = make_progress(args.progress)
     try:
         trainer = Trainer(options, train_set, val_set, progress)
+        if trainer.started_from:
+            _tell(trainer.started_from)
         summary = trainer.fit()
     finally:
         progress.close()

@@ -307,7 +307,8 @@ class Segmenter:
         refiner = SliceRefiner(result.source, result.source.texts[index], self.config.image_size, self._prepare_slice, self.model.encoder,
                                self._decode_with_clicks)  # fmt: skip
         probabilities = result.probabilities.copy()
-        probabilities[index] = prior  # the user's edits stay where no click redraws
+        if start_mask is not None:
+            probabilities[index] = prior  # the user's edits stay where no click redraws
         applied = result.clicks.get(index, ()) if start_mask is None and threshold == result.threshold else ()
         with torch.inference_mode():
             refine_probabilities(refiner, probabilities[index], prior, voxels, result.source.axis, threshold, applied)

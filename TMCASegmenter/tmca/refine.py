@@ -110,6 +110,10 @@ class SliceRefiner:
             logits = F.interpolate(logits, size=tuple(shape), mode="bilinear", align_corners=False)
         return torch.sigmoid(logits)[0, 0].cpu().numpy()
 
+    def redraw(self, index: int, positive: list, negative: list, prior: np.ndarray, current: np.ndarray, threshold: float) -> np.ndarray:
+        """Slice ``index`` redrawn with these clicks where the mask changes under them, ``current`` elsewhere (:func:`local_change`)."""
+        return local_change(self.probability(index, positive, negative, prior), current, positive + negative, threshold)
+
     def _encoded(self, index: int):
         cache = self.source.features
         if index in cache:
@@ -163,7 +167,7 @@ def refine_probabilities(
     redraw = {index: clicks for index, clicks in sorted(clicks_by_slice.items()) if clicks != before.get(index)}
     changed: list[int] = []
     for index, (positive, negative) in redraw.items():
-        moved[index] = local_change(refiner.probability(index, positive, negative, prior_slices[index]), moved[index], positive + negative, threshold)
+        moved[index] = refiner.redraw(index, positive, negative, prior_slices[index], moved[index], threshold)
         changed.append(index)
     for index, (positive, negative) in redraw.items():
         for step in (-1, 1):
@@ -192,8 +196,7 @@ def _propagate(refiner, moved, prior_slices, start, step, positive, negative, th
         if not carried_positive and not carried_negative:
             return
         old = moved[index] >= threshold
-        redrawn = refiner.probability(index, carried_positive, carried_negative, prior_slices[index])
-        moved[index] = local_change(redrawn, moved[index], carried_positive + carried_negative, threshold)
+        moved[index] = refiner.redraw(index, carried_positive, carried_negative, prior_slices[index], moved[index], threshold)
         changed.append(index)
         difference = np.count_nonzero(old != (moved[index] >= threshold))
         if difference <= CHANGE_FRACTION * max(np.count_nonzero(old), 1):

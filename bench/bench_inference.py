@@ -8,7 +8,7 @@
 
     python bench/bench_inference.py [--model DIR] [--slices 200] [--encoder efficientnet_lite0] [--backend auto]
 
-The backend (eager, onnx, auto) is that of ``tmca segment --backend``; with onnx/auto the export is
+The backend (auto, eager, onnx, openvino) is that of ``tmca segment --backend``; with an exported backend the export is
 made (once per checkpoint) before anything is timed. The load average is printed with the results:
 on a shared machine other work slows every number.
 
@@ -30,11 +30,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from tmca.runtime import let_idle_openmp_threads_sleep
+
+let_idle_openmp_threads_sleep()  # as the tmca command does, before torch loads
+
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from tmca.checkpoint import save_checkpoint
+from tmca.choices import BACKENDS
 from tmca.config import TMCAConfig
 from tmca.inference import Segmenter
 from tmca.models import default_model_path
@@ -119,7 +124,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--skip-ct", action="store_true")
-    parser.add_argument("--backend", default="eager", choices=("auto", "eager", "onnx"))
+    parser.add_argument("--backend", default="eager", choices=BACKENDS)
     parser.add_argument("--mri", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "brain1_image.nrrd")
     parser.add_argument("--startup-runs", type=int, default=3, help="0 skips the start-up measurement")
     args = parser.parse_args()

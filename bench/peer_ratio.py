@@ -41,6 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from tmca.runtime import let_idle_openmp_threads_sleep
+
+let_idle_openmp_threads_sleep()  # as the tmca command does, before torch loads
+
 import numpy as np
 import torch
 from torch import nn
@@ -197,7 +201,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--rounds", type=int, default=6, help="timed rounds per model and batch size (after one warm-up)")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--backends", nargs="+", default=["eager", "onnx"], help="TMCA inference backends (see tmca segment --backend)")
+    parser.add_argument("--backends", nargs="+", default=["eager", "onnx", "openvino"], help="TMCA inference backends (see tmca segment --backend)")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "

@@ -7,11 +7,15 @@
   ``$XDG_CACHE_HOME/tmca`` or ``~/.cache/tmca``). The cache's ``manifest.json`` records the sha256 of
   the checkpoint's files it was built from and of each exported file; a cache that does not match
   (another checkpoint, a modified or truncated file, another torch or format version) is rebuilt.
-- ``auto``: ``onnx`` for a 2D model on the CPU when ONNX Runtime is installed, else ``eager``.
+- ``openvino``: OpenVINO on the CPU, compiling the same verified ONNX export; its compiled form is
+  kept in the export folder (``openvino/``), so later processes load it instead of compiling.
+- ``auto``: for a 2D model on the CPU, ``openvino`` when installed, else ``onnx``, else ``eager``;
+  ``eager`` on GPUs and for 3D models.
 
 Chosen by measurement (docs/PERFORMANCE.md): on this project's 2-core CPU, ONNX Runtime ran the
 demo model's encoder and decoder several times faster than eager PyTorch (channels_last, batch norm
-folded), exported in seconds; ``torch.compile`` (inductor) gained less and compiled for minutes.
+folded), exported in seconds; OpenVINO ran the same export about twice as fast again;
+``torch.compile`` (inductor) gained less and compiled for minutes.
 The text encoder stays in PyTorch (once per finding and volume).
 """
 
@@ -37,31 +41,47 @@ from tmca.networks.text_encoder import TextFeatures
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "TMCA_CACHE_DIR"
-ONNX_FORMAT = "tmca-onnx-2"
+ONNX_FORMAT = "tmca-onnx-3"  # 3: concatenations split, relevance without pixel embeddings
 ONNX_OPSET = 17
 _FEATURES = ("s2", "f1", "f2", "f3", "f4")
 _TEXT = ("tokens", "token_mask", "sentence")
 
 
-def onnxruntime_available() -> bool:
+EXPORTED_BACKENDS = {"openvino": "openvino", "onnx": "onnxruntime"}
+"""Backends that run the ONNX export -> the Python package each needs, in the order ``auto`` prefers them."""
+_PACKAGE_NAMES = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
+
+
+def package_available(package: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("onnxruntime") is not None
+    return importlib.util.find_spec(package) is not None
+
+
+def onnxruntime_available() -> bool:
+    return package_available("onnxruntime")
+
+
+def auto_candidates(model: nn.Module, device: torch.device) -> list[str]:
+    """The backends ``auto`` tries for this model and device, fastest first; eager is always last."""
+    if device.type != "cpu" or model.config.spatial_dims != 2:
+        return ["eager"]
+    return [name for name, package in EXPORTED_BACKENDS.items() if package_available(package)] + ["eager"]
 
 
 def resolve_backend(name: str, model: nn.Module, device: torch.device) -> str:
     """The backend ``name`` means for this model and device (``auto`` decided; an impossible request is a TMCAError)."""
     name = check_backend(name)
-    two_d = model.config.spatial_dims == 2
     if name == "auto":
-        return "onnx" if device.type == "cpu" and two_d and onnxruntime_available() else "eager"
-    if name == "onnx":
+        return auto_candidates(model, device)[0]
+    if name in EXPORTED_BACKENDS:
         if device.type != "cpu":
-            raise TMCAError(f"the onnx backend runs on the CPU; use --backend eager on {device.type}")
-        if not two_d:
-            raise TMCAError("the onnx backend takes 2D models; use --backend eager for 3D models")
-        if not onnxruntime_available():
-            raise TMCAError("the onnx backend needs ONNX Runtime: pip install onnxruntime (or use --backend eager)")
+            raise TMCAError(f"the {name} backend runs on the CPU; use --backend eager on {device.type}")
+        if model.config.spatial_dims != 2:
+            raise TMCAError(f"the {name} backend takes 2D models; use --backend eager for 3D models")
+        package = EXPORTED_BACKENDS[name]
+        if not package_available(package):
+            raise TMCAError(f"the {name} backend needs {_PACKAGE_NAMES[package]}: pip install {package} (or use --backend eager)")
     return name
 
 
@@ -235,31 +255,25 @@ def onnx_cache(model: nn.Module, model_path: Path) -> Path:
     raise TMCAError(f"cannot write the ONNX export of {model_path} ({'; '.join(errors)}); set {CACHE_ENV} to a writable folder or use --backend eager")
 
 
-class OnnxRunner:
-    """ONNX Runtime sessions for the exported encoder and decoder, with :class:`EagerRunner`'s interface."""
+class _ExportedRunner:
+    """The exported encoder and decoder, with :class:`EagerRunner`'s interface; subclasses run the graphs."""
 
-    name = "onnx"
+    name = ""
 
-    def __init__(self, model: nn.Module, model_path: Path, threads: int | None = None) -> None:
-        import onnxruntime
-
+    def __init__(self, model: nn.Module, model_path: Path) -> None:
         self.folder = onnx_cache(model, model_path)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        options.enable_cpu_mem_arena = False  # the arena kept ~0.5 GB after the batches: the 512 CT peaked over 2 GB
-        providers = ["CPUExecutionProvider"]
-        self.encoder = onnxruntime.InferenceSession(str(self.folder / "encoder.onnx"), options, providers=providers)
-        self.decoder = onnxruntime.InferenceSession(str(self.folder / "decoder.onnx"), options, providers=providers)
         self.text = bool(model.config.text)
         self.max_length = int(model.config.max_length)
-        self.relevance = len(self.decoder.get_outputs()) > 1
-        self.decoder_inputs = {node.name for node in self.decoder.get_inputs()}  # the exporter drops inputs a decoder does not read
+
+    def _run_encoder(self, image: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def _run_decoder(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the decoder on the feeds it reads (the exporter drops inputs a decoder does not use)."""
+        raise NotImplementedError
 
     def encode(self, image: torch.Tensor) -> list[np.ndarray]:
-        return self.encoder.run(None, {"image": _array(image)})
+        return self._run_encoder(_array(image))
 
     def decode(self, features: Sequence[np.ndarray], image: torch.Tensor, text: TextFeatures | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         feeds = dict(zip(_FEATURES, features))
@@ -269,26 +283,98 @@ class OnnxRunner:
                 raise TMCAError("this model is language-guided: pass the reports")
             text = _padded(text, self.max_length)
             feeds.update(tokens=_array(text.tokens), token_mask=_array(text.mask), sentence=_array(text.sentence))
-        outputs = self.decoder.run(None, {name: value for name, value in feeds.items() if name in self.decoder_inputs})
-        return torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1]) if self.relevance else None
+        outputs = self._run_decoder(feeds)
+        return torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1]) if len(outputs) > 1 else None
+
+
+class OnnxRunner(_ExportedRunner):
+    """ONNX Runtime sessions for the exported encoder and decoder."""
+
+    name = "onnx"
+
+    def __init__(self, model: nn.Module, model_path: Path, threads: int | None = None) -> None:
+        import onnxruntime
+
+        super().__init__(model, model_path)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        options.enable_cpu_mem_arena = False  # the arena kept ~0.5 GB after the batches: the 512 CT peaked over 2 GB
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads would spin on the cores torch needs next
+        providers = ["CPUExecutionProvider"]
+        self.encoder = onnxruntime.InferenceSession(str(self.folder / "encoder.onnx"), options, providers=providers)
+        self.decoder = onnxruntime.InferenceSession(str(self.folder / "decoder.onnx"), options, providers=providers)
+        self.decoder_inputs = {node.name for node in self.decoder.get_inputs()}
+
+    def _run_encoder(self, image: np.ndarray) -> list[np.ndarray]:
+        return self.encoder.run(None, {"image": image})
+
+    def _run_decoder(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.decoder.run(None, {name: value for name, value in feeds.items() if name in self.decoder_inputs})
+
+
+class OpenVinoRunner(_ExportedRunner):
+    """OpenVINO's CPU plugin compiling the exported encoder and decoder (the compiled form cached in ``openvino/``)."""
+
+    name = "openvino"
+
+    def __init__(self, model: nn.Module, model_path: Path, threads: int | None = None) -> None:
+        import openvino
+
+        super().__init__(model, model_path)
+        core = openvino.Core()
+        compiled = self.folder / "openvino"
+        try:
+            compiled.mkdir(exist_ok=True)
+            core.set_property({"CACHE_DIR": str(compiled)})
+        except OSError as error:  # a read-only export folder: compile in every process instead
+            log.info("not caching the compiled OpenVINO model in %s: %s", compiled, error.strerror or error)
+        settings = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        self.encoder = core.compile_model(str(self.folder / "encoder.onnx"), "CPU", settings)
+        self.decoder = core.compile_model(str(self.folder / "decoder.onnx"), "CPU", settings)
+        self.decoder_inputs = [_port_name(port, (*_FEATURES, "image", *_TEXT)) for port in self.decoder.inputs]
+
+    def _run_encoder(self, image: np.ndarray) -> list[np.ndarray]:
+        outputs = self.encoder(image)
+        return [outputs[port] for port in self.encoder.outputs]
+
+    def _run_decoder(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outputs = self.decoder([feeds[name] for name in self.decoder_inputs])
+        return [outputs[port] for port in self.decoder.outputs]
+
+
+def _port_name(port: Any, known: Sequence[str]) -> str:
+    """The export's name of an OpenVINO input port (OpenVINO may add names of its own)."""
+    names = port.get_names()
+    for name in known:
+        if name in names:
+            return name
+    raise TMCAError(f"the ONNX export has an unexpected input {port.get_any_name()!r}; delete its cache folder to rebuild it")
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().cpu().numpy())
 
 
-def make_runner(backend: str, model: nn.Module, model_path: Path, device: torch.device) -> EagerRunner | OnnxRunner:
-    """The runner for ``backend`` (auto, eager or onnx); ``auto`` falls back to eager when the export fails."""
+RUNNERS = {"onnx": OnnxRunner, "openvino": OpenVinoRunner}
+
+
+def make_runner(backend: str, model: nn.Module, model_path: Path, device: torch.device) -> EagerRunner | _ExportedRunner:
+    """The runner for ``backend``; ``auto`` tries its candidates in turn, falling back when an export or runtime fails."""
     backend = check_backend(backend)
     chosen = resolve_backend(backend, model, device)
-    if chosen == "eager":
-        return EagerRunner(model)
-    try:
-        return OnnxRunner(model, model_path)
-    except Exception as error:  # an exporter or runtime failure on an unusual model, a cache it cannot write
-        if backend != "auto":
-            if isinstance(error, TMCAError):
-                raise
-            raise TMCAError(f"the onnx backend failed for {model_path}: {type(error).__name__}: {error}; use --backend eager") from error
-        log.warning("onnx backend unavailable for %s (%s: %s); running eager", model_path, type(error).__name__, error)
-        return EagerRunner(model)
+    candidates = auto_candidates(model, device) if backend == "auto" else [chosen]
+    for name in candidates:
+        if name == "eager":
+            return EagerRunner(model)
+        try:
+            return RUNNERS[name](model, model_path)
+        except Exception as error:  # an exporter or runtime failure on an unusual model, a cache it cannot write
+            if backend != "auto":
+                if isinstance(error, TMCAError):
+                    raise
+                raise TMCAError(f"the {name} backend failed for {model_path}: {type(error).__name__}: {error}; use --backend eager") from error
+            log.warning("%s backend unavailable for %s (%s: %s); trying the next", name, model_path, type(error).__name__, error)
+    return EagerRunner(model)

@@ -26,9 +26,9 @@ DICOM_MODALITY = {
 }
 """DICOM Modality (0008,0060) codes -> :data:`MODALITIES`."""
 
-BACKENDS = ("auto", "eager", "onnx")
-"""Inference backends (:mod:`tmca.backends`): ``eager`` PyTorch, ``onnx`` ONNX Runtime (CPU, 2D models),
-``auto`` onnx where it applies, else eager."""
+BACKENDS = ("auto", "eager", "onnx", "openvino")
+"""Inference backends (:mod:`tmca.backends`): ``eager`` PyTorch, ``onnx`` ONNX Runtime and ``openvino``
+OpenVINO (CPU, 2D models), ``auto`` the fastest installed one where it applies, else eager."""
 
 DICOM_SEG_TYPES = ("binary", "labelmap")
 """DICOM SEG types (:mod:`tmca.dicomseg`): BINARY for every reader, LABELMAP (compact) for findings that do not overlap."""

@@ -11,6 +11,7 @@ import warnings
 
 from tmca import __version__
 from tmca.errors import TMCAError
+from tmca.runtime import let_idle_openmp_threads_sleep
 
 # Each module defines ``add_parser(subparsers)`` and ``run(args) -> int``.
 COMMANDS = ("info", "segment", "serve", "synth", "train", "evaluate", "finetune", "batch", "batch_merge")
@@ -33,6 +34,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    let_idle_openmp_threads_sleep()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="tmca: %(levelname)s: %(message)s")

@@ -173,8 +173,9 @@ class Segmenter:
     model (a 3D checkpoint raises TMCAError: tmca segments slice by slice).
     device: "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps".
     batch_size: slices per forward pass (None: 16 on CPU, 64 on a GPU).
-    backend: "eager" (PyTorch), "onnx" (ONNX Runtime, CPU, 2D models; exported once per checkpoint and
-    cached) or "auto" (onnx where it applies, else eager); see :mod:`tmca.backends`.
+    backend: "eager" (PyTorch), "onnx" (ONNX Runtime) or "openvino" (OpenVINO; both CPU, 2D models, running
+    an export made once per checkpoint and cached) or "auto" (the fastest installed one where it applies,
+    else eager); see :mod:`tmca.backends`.
     feature_cache_mb: keep up to this many MB of image-encoder features (and the last preprocessed
     volume), so that another report on the same scan runs the decoder only (the warm engine's
     setting; 0, the default, keeps nothing).

@@ -104,18 +104,24 @@ def mask_statistics(mask: np.ndarray, voxel_volume_mm3: float) -> tuple[int, flo
 
 
 def count_components(mask: np.ndarray) -> int:
-    """Connected components of a 2D or 3D mask, face connectivity (as ``scipy.ndimage.label``'s default).
-
-    SimpleITK (already loaded by the engine, multi-threaded) rather than scipy, whose import alone
-    costs the command line a quarter of a second.
-    """
-    import SimpleITK as sitk
-
-    labeller = sitk.ConnectedComponentImageFilter()
-    labeller.SetFullyConnected(False)
+    """Connected components of a 2D or 3D mask, face connectivity (as ``scipy.ndimage.label``'s default)."""
     mask = np.asarray(mask) > 0
     box = bounding_box(mask)
-    if box is None:
-        return 0
-    labeller.Execute(sitk.GetImageFromArray(mask[box].astype(np.uint8)))  # a component never leaves the box
-    return int(labeller.GetObjectCount())
+    return 0 if box is None else label_components(mask[box], full_connectivity=False)[1]  # a component never leaves the box
+
+
+def label_components(mask: np.ndarray, full_connectivity: bool) -> tuple[np.ndarray, int]:
+    """``scipy.ndimage.label`` of ``mask`` (any shape) with face (False) or face, edge and corner (True) connectivity.
+
+    The labels take the smallest integer type that can count the mask's voxels: a scattered mask of a
+    512x512x200 CT labelled as int32 needed 400 MB; as int16, a quarter of that.
+    """
+    from scipy import ndimage  # here: importing the engine should not load scipy (tmca segment start-up)
+
+    mask = np.asarray(mask, dtype=bool)
+    voxels = int(np.count_nonzero(mask))
+    dtype = next(t for t in (np.int8, np.int16, np.int32, np.int64) if voxels <= np.iinfo(t).max)
+    structure = np.ones((3,) * mask.ndim, dtype=bool) if full_connectivity else None
+    labels = np.empty(mask.shape, dtype=dtype)
+    count = ndimage.label(mask, structure=structure, output=labels)
+    return labels, int(count)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from tmca.metrics import bounding_box
+from tmca.metrics import bounding_box, label_components
 from tmca.terminology import stated_laterality
 
 SPECK_FRACTION = 0.10
@@ -185,8 +185,8 @@ def measure_mask(mask: np.ndarray, reference: sitk.Image) -> list[Component]:
     crop = bounding_box(mask)
     if crop is None:
         return []
-    labels, count = ndimage.label(mask[crop], structure=np.ones((3, 3, 3), dtype=bool))  # labelled inside the box: fast for small findings
-    sizes = np.bincount(labels.ravel())[1:]
+    labels, count = label_components(mask[crop], full_connectivity=True)  # labelled inside the box: fast for small findings
+    sizes = sum(np.bincount(plane.ravel(), minlength=count + 1) for plane in labels)[1:]  # per plane: bincount widens to int64
     keep = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] >= SPECK_FRACTION * sizes.max()]
     to_lps = _index_to_lps(reference)
     low, high = _scanned_extent(reference, to_lps)

@@ -1,5 +1,6 @@
-"""Inference backends: ONNX Runtime against eager PyTorch (masks and probabilities), and its export cache
-(reused when valid, rebuilt when stale or modified, user cache when the model folder cannot be written)."""
+"""Inference backends: ONNX Runtime and OpenVINO against eager PyTorch (masks and probabilities), the export
+cache they share (reused when valid, rebuilt when stale or modified, user cache when the model folder cannot be
+written), and what ``auto`` picks and falls back to."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from tmca.inference import Segmenter
 from tmca.metrics import dice
 
 pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+EXPORTED = ["onnx", "openvino"]
 
 REPORT = "Small nodule in the upper left lung. Large consolidation in the lower right lung with effusion."
 
@@ -36,17 +40,18 @@ def model_copy(tiny_model_dir, tmp_path):
     return shutil.copytree(tiny_model_dir, tmp_path / "model")
 
 
-def test_onnx_matches_eager_on_a_real_mri(model_copy):
+@pytest.mark.parametrize("backend", EXPORTED)
+def test_exported_backend_matches_eager_on_a_real_mri(model_copy, backend):
     image = real_data_file("brain1_image.nrrd")
     eager = Segmenter(model_copy, device="cpu", batch_size=4, backend="eager")
-    onnx = Segmenter(model_copy, device="cpu", batch_size=4, backend="onnx")  # 25 slices: batches of 4 and a last one of 1
-    assert onnx.runner.name == "onnx" and eager.runner.name == "eager"
-    dices, max_probability, max_relevance = _compare(eager, onnx, image, REPORT, plane="axial")  # two findings, different lengths
+    exported = Segmenter(model_copy, device="cpu", batch_size=4, backend=backend)  # 25 slices: batches of 4 and a last one of 1
+    assert exported.runner.name == backend and eager.runner.name == "eager"
+    dices, max_probability, max_relevance = _compare(eager, exported, image, REPORT, plane="axial")  # two findings, different lengths
     assert len(dices) == 2 and min(dices) >= 0.99, dices
     assert max_probability < 1e-3 and max_relevance < 1e-3
 
 
-def test_onnx_matches_eager_with_the_demo_model(tmp_path):
+def test_exported_backends_match_eager_with_the_demo_model(tmp_path):
     from tmca.models import default_model_path
 
     demo = default_model_path()
@@ -64,12 +69,12 @@ def test_onnx_matches_eager_with_the_demo_model(tmp_path):
     image = image[:, int(rows.min()) : int(rows.max()) + 1, :]
     report = next((tmp_path / "data" / "reports").glob("*.txt")).read_text()
     eager = Segmenter(model, device="cpu", backend="eager")
-    onnx = Segmenter(model, device="cpu", backend="onnx")
     result = eager.segment(image, report)
     assert result.masks.any(), "the demo case should give a mask"
-    dices, max_probability, _ = _compare(eager, onnx, image, report)
-    assert min(dices) >= 0.99, dices
-    assert max_probability < 1e-3
+    for backend in EXPORTED:
+        dices, max_probability, _ = _compare(eager, Segmenter(model, device="cpu", backend=backend), image, report)
+        assert min(dices) >= 0.99, (backend, dices)
+        assert max_probability < 1e-3, backend
 
 
 def test_export_is_cached_verified_and_rebuilt_when_stale(model_copy, monkeypatch):
@@ -129,7 +134,8 @@ def test_backend_choice():
     with pytest.raises(TMCAError, match="2D"):
         backends.resolve_backend("onnx", Model(), torch.device("cpu"))
     Model.config = TMCAConfig(encoder="small", encoder_pretrained=False)
-    assert backends.resolve_backend("auto", Model(), torch.device("cpu")) == "onnx"
+    assert backends.resolve_backend("auto", Model(), torch.device("cpu")) == "openvino"
+    assert backends.auto_candidates(Model(), torch.device("cpu")) == ["openvino", "onnx", "eager"]
     assert backends.resolve_backend("auto", Model(), torch.device("cuda")) == "eager"
     with pytest.raises(TMCAError, match="CPU"):
         backends.resolve_backend("onnx", Model(), torch.device("cuda"))
@@ -145,3 +151,26 @@ def test_the_bundled_model_is_exported_to_the_user_cache(tmp_path, monkeypatch):
         pytest.skip("the bundled demo model is not installed")
     monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path))
     assert [folder.is_relative_to(tmp_path) for folder in backends._cache_candidates(demo)] == [True]
+
+
+def test_openvino_keeps_its_compiled_model_beside_the_export(model_copy):
+    first = Segmenter(model_copy, device="cpu", backend="openvino").runner
+    compiled = first.folder / "openvino"
+    assert any(compiled.iterdir()), "the compiled model is cached for the next process"
+    volume = sitk.GetImageFromArray(np.random.default_rng(1).random((3, 40, 40), dtype=np.float32))
+    again = Segmenter(model_copy, device="cpu", backend="openvino")  # loads the cached blob
+    a, b = Segmenter(model_copy, device="cpu", backend="eager").segment(volume, REPORT), again.segment(volume, REPORT)
+    assert np.abs(a.probabilities - b.probabilities).max() < 1e-3
+
+
+def test_auto_falls_back_to_the_next_backend_when_one_fails(model_copy, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated compiler failure")
+
+    monkeypatch.setitem(backends.RUNNERS, "openvino", broken)
+    assert Segmenter(model_copy, device="cpu", backend="auto").runner.name == "onnx"
+    assert "openvino backend unavailable" in caplog.text
+    with pytest.raises(TMCAError, match="openvino backend failed.*use --backend eager"):
+        Segmenter(model_copy, device="cpu", backend="openvino")
+    monkeypatch.setitem(backends.RUNNERS, "onnx", broken)
+    assert Segmenter(model_copy, device="cpu", backend="auto").runner.name == "eager"

@@ -161,8 +161,40 @@ def test_inference_fusion_keeps_the_outputs(encoder, small_config, text_encoder)
     model.eval()
     fused = fuse_for_inference(copy.deepcopy(model))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert all(stage.merge is not None for stage in fused.decoder.stages)  # no concatenated tensors at inference
     image = torch.rand(2, 1, 64, 64)
     with torch.inference_mode():
         torch.testing.assert_close(fused(image, REPORTS).logits, model(image, REPORTS).logits, atol=1e-4, rtol=1e-4)
     with pytest.raises(RuntimeError, match="eval mode"):
         fuse_for_inference(TMCANet(small_config(), text_encoder).train())
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_relevance_without_pixel_embeddings_is_the_same(spatial_dims, small_config, text_encoder):
+    """Inference computes cos(V, u) from the encoder features without building V: the same relevance and mask."""
+    from tmca.networks.tsd import LevelProjection
+
+    torch.manual_seed(0)
+    projection = LevelProjection(spatial_dims, 24, 32, 256)
+    torch.nn.init.normal_(projection.image.bias, std=0.5)
+    features = torch.randn((2, 24) + (6,) * spatial_dims) * 3
+    features[0, :, 0] = 0  # pixels where only the bias remains
+    tokens, mask, sentence = torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.bool), torch.randn(2, 32)
+    with torch.no_grad():
+        full = projection(features, tokens, mask, sentence)
+        cheap = projection(features, tokens, mask, sentence, pixels=False)
+    assert cheap.V is None and full.cosine is None
+    torch.testing.assert_close(cheap.sentence_cosine(), full.sentence_cosine(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cheap.K, full.K)
+
+    model = TMCANet(small_config(spatial_dims=spatial_dims, image_size=32), text_encoder).eval()
+    for level in model.projections.values():
+        torch.nn.init.normal_(level.image.bias, std=0.5)
+    image = torch.rand((2, 1) + (32,) * spatial_dims)
+    with torch.no_grad():
+        with_pixels = model(image, REPORTS, with_alignment=True)  # the alignment levels build V
+        without = model(image, REPORTS, with_alignment=False)
+    assert set(with_pixels.embeddings) >= {1, 2, 3}
+    for a, b in zip(with_pixels.relevance, without.relevance):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(with_pixels.logits, without.logits, atol=1e-4, rtol=1e-4)

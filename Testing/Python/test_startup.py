@@ -67,3 +67,21 @@ def test_segmenting_with_a_tile_model_slides_windows_without_monai(tmp_path, til
     )
     assert "monai" not in _loaded_after(code)
     assert output.exists()
+
+
+def _last_line(code: str, **env_changes: str | None) -> str:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "TMCASegmenter")}
+    for name, value in env_changes.items():
+        env.pop(name, None) if value is None else env.__setitem__(name, value)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_the_command_lets_idle_openmp_threads_sleep_unless_the_user_chose():
+    """Spinning OpenMP threads halved OpenVINO's rate (docs/PERFORMANCE.md): the command sets the policy before torch loads."""
+    command = "import os, tmca.cli\ntmca.cli.main(['info'])\nprint(os.environ.get('OMP_WAIT_POLICY'))"
+    assert _last_line(command, OMP_WAIT_POLICY=None) == "PASSIVE"
+    assert _last_line(command, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+    too_late = "import os, torch\nfrom tmca.runtime import let_idle_openmp_threads_sleep\nlet_idle_openmp_threads_sleep()\nprint(os.environ.get('OMP_WAIT_POLICY'))"
+    assert _last_line(too_late, OMP_WAIT_POLICY=None) == "None"  # once torch is loaded the setting would not apply

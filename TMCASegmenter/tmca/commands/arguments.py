@@ -33,8 +33,8 @@ def add_device(parser: argparse.ArgumentParser, default: str | None = "auto") ->
 
 def add_backend(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", type=argument_type(check_backend), metavar="BACKEND",
-                        help=f"one of {', '.join(BACKENDS)} (default auto: ONNX Runtime for 2D models on the CPU, "
-                             "exported once per model and cached; eager: PyTorch)")
+                        help=f"one of {', '.join(BACKENDS)} (default auto: for 2D models on the CPU OpenVINO, else ONNX Runtime, "
+                             "running an export made once per model and cached; eager: PyTorch)")
 
 
 def add_modality(parser: argparse.ArgumentParser, help: str, allowed: tuple[str, ...] = MODALITIES, default: str | None = None) -> None:

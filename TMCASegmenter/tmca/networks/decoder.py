@@ -28,10 +28,51 @@ class UpStage(nn.Module):
         blocks += [conv_block(spatial_dims, out_channels, out_channels) for _ in range(depth - 1)]
         self.convs = nn.Sequential(*blocks)
         self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
+        self.merge: nn.Module | None = None  # set by split_concatenation()
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(self.reduce(x), size=skip.shape[2:], mode=self.mode, align_corners=False)
+        if self.merge is not None:
+            return self.convs(self.merge(x, skip))
         return self.convs(torch.cat([x, skip], dim=1))
+
+    def split_concatenation(self) -> None:
+        """Inference rewrite: the first block's convolution of cat([x, skip]) becomes two convolutions
+        summed (:class:`ConcatConvolution`), so the concatenated full-resolution tensor is never built."""
+        if self.merge is None:
+            self.merge = ConcatConvolution(self.convs[0], self.reduce.out_channels)
+            self.convs = self.convs[1:]
+
+
+class ConcatConvolution(nn.Module):
+    """``block(cat([a, b], dim=1))`` for a :class:`~tmca.networks.layers.Convolution` block, computed as
+    ``block.adn(conv_a(a) + conv_b(b))`` with the convolution's weights split by input channel:
+    a (B, C_a, *s) + b (B, C_b, *s) -> (B, C_out, *s)."""
+
+    def __init__(self, block: nn.Module, first_channels: int) -> None:
+        super().__init__()
+        conv = block.conv
+        if conv.groups != 1:
+            raise ValueError("a grouped convolution cannot be split by input channel")
+        self.first = _input_slice(conv, slice(0, first_channels), bias=True)
+        self.second = _input_slice(conv, slice(first_channels, conv.in_channels), bias=False)
+        self.adn = block.adn
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.adn(self.first(a) + self.second(b))
+
+
+@torch.no_grad()
+def _input_slice(conv: nn.Module, channels: slice, bias: bool) -> nn.Module:
+    """A convolution equal to ``conv``'s contribution from input ``channels`` (with its bias when ``bias``)."""
+    part = type(conv)(
+        channels.stop - channels.start, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        bias=bias and conv.bias is not None, padding_mode=conv.padding_mode,
+    ).to(conv.weight.device, conv.weight.dtype)  # fmt: skip
+    part.weight.copy_(conv.weight[:, channels])
+    if part.bias is not None:
+        part.bias.copy_(conv.bias)
+    return part
 
 
 class TMCADecoder(nn.Module):

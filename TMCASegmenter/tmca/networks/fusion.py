@@ -1,11 +1,13 @@
 """Inference-only rewrites that keep outputs the same: batch norm folded into the convolution before it,
-symmetric constant padding moved into the convolution, and activations computed in place."""
+symmetric constant padding moved into the convolution, activations computed in place, and the decoder's
+convolutions of concatenated tensors split by input (the concatenation is never built)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from tmca.networks.decoder import UpStage
 from tmca.networks.layers import Convolution
 
 _CONV = (nn.Conv2d, nn.Conv3d)
@@ -61,4 +63,7 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
         if isinstance(getattr(module, "stem", None), _CONV) and isinstance(getattr(module, "stem_norm", None), _NORM):
             module.stem = fold_batch_norm(module.stem, module.stem_norm)
             module.stem_norm = nn.Identity()
+    for module in list(model.modules()):
+        if isinstance(module, UpStage):
+            module.split_concatenation()  # after the folding above, so that the split convolutions carry it
     return model

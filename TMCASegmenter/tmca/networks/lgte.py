@@ -58,8 +58,7 @@ class LanguageGuidedTargetEnhancement(nn.Module):
         self.alpha = nn.Parameter(torch.tensor(1.0))
 
     def relevance_logits(self, embedding: LevelEmbedding) -> torch.Tensor:
-        cosine = (embedding.V * embedding.u[(...,) + (None,) * (embedding.V.ndim - 2)]).sum(1, keepdim=True)
-        return (cosine - self.bias) / self.tau.clamp(0.01, 1.0)
+        return (embedding.sentence_cosine() - self.bias) / self.tau.clamp(0.01, 1.0)
 
     def forward(self, x: torch.Tensor, embedding: LevelEmbedding, sentence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x1 = x + self.gamma * self.cross_attention(x, embedding.K, embedding.token_mask)

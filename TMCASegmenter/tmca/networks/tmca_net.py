@@ -96,7 +96,9 @@ class TMCANet(nn.Module):
         text = text.to(image.device, image.dtype if image.dtype != torch.float32 else None)
         alignment_levels = self.config.active_align_levels if (self.training if with_alignment is None else with_alignment) else ()
         embeddings = {
-            level: self.projections[str(level)](features[level], text.tokens, text.mask, text.sentence)
+            level: self.projections[str(level)](
+                features[level], text.tokens, text.mask, text.sentence, pixels=self.training or level in alignment_levels
+            )
             for level in sorted(set(GUIDED_LEVELS) | set(alignment_levels))
         }
         logits, relevance = self.decoder(features, image, embeddings, text.sentence, clicks)

@@ -19,12 +19,23 @@ EPS = 1e-6
 
 @dataclass
 class LevelEmbedding:
-    """One level's projections. V: (B, D, *spatial); u: (B, D); K: (B, L, D); token_mask: (B, L) bool."""
+    """One level's projections. V: (B, D, *spatial); u: (B, D); K: (B, L, D); token_mask: (B, L) bool.
 
-    V: torch.Tensor
+    Without the pixel embeddings (inference: only the LGTE relevance reads them) V is None and
+    ``cosine`` holds cos(V, u) per pixel, (B, 1, *spatial).
+    """
+
+    V: torch.Tensor | None
     u: torch.Tensor
     K: torch.Tensor
     token_mask: torch.Tensor
+    cosine: torch.Tensor | None = None
+
+    def sentence_cosine(self) -> torch.Tensor:
+        """cos(V, u) per pixel: (B, 1, *spatial)."""
+        if self.cosine is not None:
+            return self.cosine
+        return (self.V * self.u[(...,) + (None,) * (self.V.ndim - 2)]).sum(1, keepdim=True)
 
 
 class LevelProjection(nn.Module):
@@ -37,14 +48,32 @@ class LevelProjection(nn.Module):
         self.sentence = MLP(text_channels, embed_dim)
         self.tokens = MLP(text_channels, embed_dim)
 
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor, sentence: torch.Tensor) -> LevelEmbedding:
-        """features (B, C, *spatial), tokens (B, L, d_t), token_mask (B, L), sentence (B, d_t)."""
-        return LevelEmbedding(
-            V=F.normalize(self.image(features), dim=1),
-            u=F.normalize(self.sentence(sentence), dim=-1),
-            K=F.normalize(self.tokens(tokens), dim=-1),
-            token_mask=token_mask,
-        )
+    def forward(
+        self, features: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor, sentence: torch.Tensor, pixels: bool = True
+    ) -> LevelEmbedding:
+        """features (B, C, *spatial), tokens (B, L, d_t), token_mask (B, L), sentence (B, d_t).
+
+        ``pixels=False``: V is not built, only cos(V, u) (see :meth:`pixel_sentence_cosine`).
+        """
+        u = F.normalize(self.sentence(sentence), dim=-1)
+        K = F.normalize(self.tokens(tokens), dim=-1)
+        if not pixels:
+            return LevelEmbedding(None, u, K, token_mask, cosine=self.pixel_sentence_cosine(features, u))
+        return LevelEmbedding(F.normalize(self.image(features), dim=1), u, K, token_mask)
+
+    def pixel_sentence_cosine(self, features: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """cos(V, u) per pixel without the D-channel map V: features (B, C, *s), unit u (B, D) -> (B, 1, *s).
+
+        With y = W f + b (the 1x1 projection), y.u = (W^T u).f + b.u and |y|^2 = f.(W^T W) f + 2 (W^T b).f + b.b,
+        so only C-channel maps are built (D is about ten times C at the finest guided level).
+        """
+        weight, bias = self.image.weight.flatten(1), self.image.bias  # (D, C), (D,)
+        view = (slice(None), slice(None)) + (None,) * (features.ndim - 2)
+        numerator = (features * (u @ weight)[view]).sum(1, keepdim=True) + (u @ bias)[view[:1] + (None,) + view[2:]]
+        conv = F.conv2d if features.ndim == 4 else F.conv3d
+        gram = (weight.T @ weight)[view[:2] + (None,) * (features.ndim - 2)]
+        squared = (features * conv(features, gram, 2 * weight.T @ bias)).sum(1, keepdim=True) + bias @ bias
+        return numerator / squared.clamp_min(0).sqrt().clamp_min(1e-12)  # F.normalize's eps
 
 
 def masked_mean_embedding(V: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,7 @@ def model_folder(args: argparse.Namespace, scratch: Path) -> Path:
     if args.encoder is None and default_model_path() is not None:
         return default_model_path()
     config = TMCAConfig(encoder=args.encoder or "efficientnet_lite0", encoder_pretrained=False)
+    torch.manual_seed(0)  # the masks of a random model, and so the time spent measuring them, depend on its weights
     return save_checkpoint(scratch / "model", TMCANet(config))
 
 

@@ -1,6 +1,6 @@
 """TMCA against the published text-guided model (GuideDecoder), timed in alternating rounds in one process.
 
-    python bench/peer_ratio.py [--batches 8 16] [--rounds 6] [--size 224] [--backends eager onnx]
+    python bench/peer_ratio.py [--batches 8 16] [--rounds 6] [--size 224] [--backends auto | eager onnx openvino]
 
 Both models have random weights (the architecture, not the weights, sets the speed), run in eval
 mode under ``torch.inference_mode`` in fp32 on the same threads, on 224 x 224 single-channel slices.
@@ -27,7 +27,9 @@ TMCA runs as the product runs it: a random-weight checkpoint of the default conf
 (EfficientNet-Lite0, MiniLM-L6 text encoder) loaded by ``tmca.inference.Segmenter`` (batch norm
 folded, channels_last), and per round what ``Segmenter`` does for one batch of slices of one
 finding: encode the finding's text (the text cache is cleared, so it is really encoded), run the
-image encoder once, decode, and turn the logits into probabilities on the slice grid.
+image encoder once, decode, and turn the logits into probabilities on the slice grid. By default
+with the backend ``tmca segment`` picks (``auto``: OpenVINO on a CPU where it is installed), and
+with idle OpenMP threads sleeping, as the ``tmca`` command sets them (``tmca.runtime``).
 """
 
 from __future__ import annotations
@@ -201,7 +203,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--rounds", type=int, default=6, help="timed rounds per model and batch size (after one warm-up)")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--backends", nargs="+", default=["eager", "onnx", "openvino"], help="TMCA inference backends (see tmca segment --backend)")
+    parser.add_argument(
+        "--backends", nargs="+", default=["auto"],
+        help="TMCA inference backends (see tmca segment --backend); default: auto, as tmca segment runs. Each one listed joins the "
+        "rotation, and their thread pools slow one another",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
@@ -231,7 +237,8 @@ def main() -> None:
             line = f"batch {batch:3d}: published {peer_rate:6.2f} slices/s"
             for backend, backend_times in times.items():
                 rate = batch / statistics.median(backend_times)
-                line += f"; TMCA {backend} {rate:6.2f} slices/s, ratio {rate / peer_rate:.1f}x"
+                name = backend if backend != "auto" else f"auto ({runs[backend].segmenter.runner.name})"
+                line += f"; TMCA {name} {rate:6.2f} slices/s, ratio {rate / peer_rate:.1f}x"
             print(f"{line} (medians of {args.rounds} alternating rounds; load average {os.getloadavg()[0]:.2f})", flush=True)
 
 

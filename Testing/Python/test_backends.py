@@ -174,3 +174,40 @@ def test_auto_falls_back_to_the_next_backend_when_one_fails(model_copy, monkeypa
         Segmenter(model_copy, device="cpu", backend="openvino")
     monkeypatch.setitem(backends.RUNNERS, "onnx", broken)
     assert Segmenter(model_copy, device="cpu", backend="auto").runner.name == "eager"
+
+
+def test_reports_are_encoded_by_the_exported_text_encoder(model_copy, monkeypatch, caplog):
+    reports = [REPORT, "Nodule."]  # two lengths: padding and the attention mask go through the export
+    expected = Segmenter(model_copy, device="cpu", backend="eager").model.encode_text(reports)
+    for backend in EXPORTED:
+        model = Segmenter(model_copy, device="cpu", backend=backend).model
+        assert model.text_encoder.runtime is not None, backend
+        got = model.encode_text(reports)
+        assert torch.equal(got.mask, expected.mask)
+        torch.testing.assert_close(got.tokens, expected.tokens, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got.sentence, expected.sentence, atol=1e-4, rtol=1e-4)
+
+    def untraceable(self, *inputs):
+        raise RuntimeError("simulated exporter failure")
+
+    shutil.rmtree(model_copy / ".tmca-cache")
+    monkeypatch.setattr(backends._TextGraph, "forward", untraceable)
+    segmenter = Segmenter(model_copy, device="cpu", backend="openvino")  # the image graphs are still exported and used
+    assert segmenter.runner.name == "openvino" and segmenter.model.text_encoder.runtime is None
+    assert "was not exported" in caplog.text and not (segmenter.runner.folder / "text.onnx").exists()
+    torch.testing.assert_close(segmenter.model.encode_text(reports).tokens, expected.tokens)
+
+
+def test_export_is_rebuilt_when_the_text_encoder_files_change(model_copy, monkeypatch):
+    first = Segmenter(model_copy, device="cpu", backend="onnx").runner.folder
+    identity = json.loads((first / "manifest.json").read_text())["text_encoder"]
+    assert identity["reference"] and "model.safetensors" in identity["files"]
+    calls = []
+    real_export = backends._export
+    monkeypatch.setattr(backends, "_export", lambda *args: (calls.append(1), real_export(*args)))
+    Segmenter(model_copy, device="cpu", backend="onnx")
+    assert calls == []
+    changed = {**identity, "files": {**identity["files"], "model.safetensors": [1, 2]}}  # another size and time: an updated encoder
+    monkeypatch.setattr(backends, "_text_encoder_identity", lambda model: changed)
+    Segmenter(model_copy, device="cpu", backend="onnx")
+    assert calls == [1]

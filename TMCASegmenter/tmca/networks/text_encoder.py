@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,8 @@ class FrozenTextEncoder(nn.Module):
         self.hidden_size = int(self.model.config.hidden_size)
         self.cache_size = cache_size
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+        self.runtime: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+        """An exported copy of the transformer (set by :mod:`tmca.backends`): tokenizer output -> last hidden state (B, L, d_t)."""
 
     def train(self, mode: bool = True) -> "FrozenTextEncoder":
         super().train(False)
@@ -121,7 +124,7 @@ class FrozenTextEncoder(nn.Module):
         batch = self.tokenizer(reports, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         full_lengths = [len(ids) for ids in self.tokenizer(reports, truncation=False)["input_ids"]]
         batch = {k: v.to(device) for k, v in batch.items()}
-        hidden = self.model(**batch).last_hidden_state.float()
+        hidden = (self.runtime(batch) if self.runtime is not None else self.model(**batch).last_hidden_state).float()
         valid = batch["attention_mask"].bool()
         sentence = (hidden * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
         if len(self._cache) + len(reports) > self.cache_size:

@@ -68,10 +68,10 @@ class LevelProjection(nn.Module):
         so only C-channel maps are built (D is about ten times C at the finest guided level).
         """
         weight, bias = self.image.weight.flatten(1), self.image.bias  # (D, C), (D,)
-        view = (slice(None), slice(None)) + (None,) * (features.ndim - 2)
-        numerator = (features * (u @ weight)[view]).sum(1, keepdim=True) + (u @ bias)[view[:1] + (None,) + view[2:]]
+        spatial = (None,) * (features.ndim - 2)
+        numerator = (features * (u @ weight)[(..., *spatial)]).sum(1, keepdim=True) + (u @ bias)[(..., None, *spatial)]
         conv = F.conv2d if features.ndim == 4 else F.conv3d
-        gram = (weight.T @ weight)[view[:2] + (None,) * (features.ndim - 2)]
+        gram = (weight.T @ weight)[(..., *spatial)]  # a 1x1 convolution's weight (C, C, 1, ...)
         squared = (features * conv(features, gram, 2 * weight.T @ bias)).sum(1, keepdim=True) + bias @ bias
         return numerator / squared.clamp_min(0).sqrt().clamp_min(1e-12)  # F.normalize's eps
 

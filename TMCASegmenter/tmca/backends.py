@@ -62,10 +62,6 @@ def package_available(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-def onnxruntime_available() -> bool:
-    return package_available("onnxruntime")
-
-
 def auto_candidates(model: nn.Module, device: torch.device) -> list[str]:
     """The backends ``auto`` tries for this model and device, fastest first; eager is always last."""
     if device.type != "cpu" or model.config.spatial_dims != 2:
@@ -319,11 +315,12 @@ class _ExportedRunner:
         self.folder = onnx_cache(model, model_path)
         self.text = bool(model.config.text)
         self.max_length = int(model.config.max_length)
+        self.text_graph = self.folder / _TEXT_GRAPH if self.text and (self.folder / _TEXT_GRAPH).is_file() else None
+        """The exported text encoder, None where it stays in PyTorch (an image-only model, or one the exporter could not trace)."""
 
     def _use_text_export(self, model: nn.Module) -> None:
         """Encode reports with the exported text encoder (call once the subclass can run it)."""
-        if self.text and (self.folder / _TEXT_GRAPH).is_file():
-            model.text_encoder.runtime = self._encode_text
+        model.text_encoder.runtime = self._encode_text
 
     def _encode_text(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.from_numpy(self._run_text({name: _array(value) for name, value in batch.items()}))
@@ -374,8 +371,9 @@ class OnnxRunner(_ExportedRunner):
         self.encoder = onnxruntime.InferenceSession(str(self.folder / "encoder.onnx"), options, providers=providers)
         self.decoder = onnxruntime.InferenceSession(str(self.folder / "decoder.onnx"), options, providers=providers)
         self.decoder_inputs = {node.name for node in self.decoder.get_inputs()}
-        if self.text and (self.folder / _TEXT_GRAPH).is_file():
-            self.text_session = onnxruntime.InferenceSession(str(self.folder / _TEXT_GRAPH), options, providers=providers)
+        if self.text_graph is not None:
+            self.text_session = onnxruntime.InferenceSession(str(self.text_graph), options, providers=providers)
+            self.text_inputs = [node.name for node in self.text_session.get_inputs()]
             self._use_text_export(model)
 
     def _run_encoder(self, image: np.ndarray) -> list[np.ndarray]:
@@ -385,7 +383,7 @@ class OnnxRunner(_ExportedRunner):
         return self.decoder.run(None, {name: value for name, value in feeds.items() if name in self.decoder_inputs})
 
     def _run_text(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.text_session.run(None, {node.name: feeds[node.name] for node in self.text_session.get_inputs()})[0]
+        return self.text_session.run(None, {name: feeds[name] for name in self.text_inputs})[0]
 
 
 class OpenVinoRunner(_ExportedRunner):
@@ -408,8 +406,9 @@ class OpenVinoRunner(_ExportedRunner):
         self.encoder = core.compile_model(str(self.folder / "encoder.onnx"), "CPU", settings)
         self.decoder = core.compile_model(str(self.folder / "decoder.onnx"), "CPU", settings)
         self.decoder_inputs = [_port_name(port, (*_FEATURES, "image", *_TEXT)) for port in self.decoder.inputs]
-        if self.text and (self.folder / _TEXT_GRAPH).is_file():
-            self.text_model = core.compile_model(str(self.folder / _TEXT_GRAPH), "CPU", settings)
+        if self.text_graph is not None:
+            self.text_model = core.compile_model(str(self.text_graph), "CPU", settings)
+            self.text_inputs = [port.get_any_name() for port in self.text_model.inputs]
             self._use_text_export(model)
 
     def _run_encoder(self, image: np.ndarray) -> list[np.ndarray]:
@@ -421,7 +420,7 @@ class OpenVinoRunner(_ExportedRunner):
         return [outputs[port] for port in self.decoder.outputs]
 
     def _run_text(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.text_model([feeds[_port_name(port, list(feeds))] for port in self.text_model.inputs])[self.text_model.outputs[0]]
+        return self.text_model([feeds[name] for name in self.text_inputs])[self.text_model.outputs[0]]
 
 
 def _port_name(port: Any, known: Sequence[str]) -> str:
@@ -443,8 +442,7 @@ RUNNERS = {"onnx": OnnxRunner, "openvino": OpenVinoRunner}
 def make_runner(backend: str, model: nn.Module, model_path: Path, device: torch.device) -> EagerRunner | _ExportedRunner:
     """The runner for ``backend``; ``auto`` tries its candidates in turn, falling back when an export or runtime fails."""
     backend = check_backend(backend)
-    chosen = resolve_backend(backend, model, device)
-    candidates = auto_candidates(model, device) if backend == "auto" else [chosen]
+    candidates = auto_candidates(model, device) if backend == "auto" else [resolve_backend(backend, model, device)]
     for name in candidates:
         if name == "eager":
             return EagerRunner(model)

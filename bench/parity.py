@@ -180,12 +180,16 @@ def rows_for(args: argparse.Namespace, data: DataSet) -> list[dict]:
     summaries = train_pair(args, data)
     rows = []
     for model, summary in summaries.items():
+        run = args.out / "runs" / data.name / model
+        trained = json.loads((run / "best" / "config.json").read_text())["model"]
+        batch = json.loads((run / "options.json").read_text())["batch_size"]
         correct, shuffled = score(args, data, model, False), score(args, data, model, True)
         subset = data.subset & {case["case"] for case in correct["cases"]}
         rows.append({"set": data.name, "model": model, "ablation": "none" if model == "tmca" else args.baseline,
                      "dice": correct["dice"], "dice_shuffled": shuffled["dice"], "n_test": correct["n"],
                      "subset_n": len(subset), "subset_dice": mean_dice(correct, subset) if subset else None,
                      "subset_dice_shuffled": mean_dice(shuffled, subset) if subset else None,
+                     "image_size": trained["image_size"], "large_images": trained["large_images"], "batch_size": batch,
                      "steps": summary["steps"], "stopped_by": summary["stopped_by"], "minutes": summary["minutes"],
                      "best_val_dice": summary["best_val_dice"]})
     return rows
@@ -199,12 +203,12 @@ def markdown(rows: list[dict], header: dict) -> str:
     lines = [f"Mode: {header['mode']}; budget {header['minutes']} min per model; Dice at {EVAL_SIZE}x{EVAL_SIZE} on Test; "
              f"baseline `--ablation {header['baseline']}`; {header['machine']['cpus']} CPUs, load "
              f"{' '.join(f'{x:.1f}' for x in header['machine']['load_at_start'])} at start.", "",
-             "| set | model | Dice correct | Dice shuffled | subset Dice correct | subset Dice shuffled | steps | stop reason | minutes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| set | model | Dice correct | Dice shuffled | subset Dice correct | subset Dice shuffled | trained at | batch | steps | stop reason | minutes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         subset = (f"{_number(row['subset_dice'])} (n={row['subset_n']})", _number(row["subset_dice_shuffled"])) if row["subset_n"] else ("-", "-")
         lines.append(f"| {row['set']} (n={row['n_test']}) | {row['model']} | {row['dice']:.3f} | {row['dice_shuffled']:.3f} | {subset[0]} | "
-                     f"{subset[1]} | {row['steps']} | {row['stopped_by']} | {row['minutes']:.2f} |")
+                     f"{subset[1]} | {row['image_size']} px, {row['large_images']} | {row['batch_size']} | {row['steps']} | {row['stopped_by']} | {row['minutes']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

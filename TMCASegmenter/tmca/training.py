@@ -12,7 +12,8 @@ trains as long and validates as often as a large one:
   ``metrics.csv`` per validation.
 - **Early stopping** after ``patience`` validations without a better Dice, but never before
   ``min_steps`` steps and ``min_progress`` of the budget (of the steps, or of the time limit): a noisy
-  validation set of a few images cannot end a 15-minute run after 3 minutes.
+  validation set of a few images cannot end a 15-minute run after 3 minutes. With fewer than
+  MIN_VAL_ITEMS_TO_STOP validation items there is no early stopping unless ``patience`` is given.
 - **Learning rate**: linear warm-up over ``warmup_steps``, then a cosine from the base rates to
   LR_FLOOR of them, placed by the share of the budget used: the larger of steps / planned steps and
   elapsed time / time limit. With ``--time-limit`` the schedule therefore ends near the time limit
@@ -63,6 +64,9 @@ DEFAULT_MIN_STEPS = 1000
 MIN_VAL_INTERVAL = 50  # steps: a small dataset validates every 50-100 steps, not every one or two
 LR_FLOOR = 0.02
 SLIDING_WINDOW_OVERLAP = 0.25
+CPU_IMAGE_SIZE = 128  # the default training size on a CPU (default_image_size)
+DEFAULT_PATIENCE = 8
+MIN_VAL_ITEMS_TO_STOP = 5  # fewer validation items: no early stopping by default (default_patience)
 
 
 @dataclass
@@ -82,7 +86,7 @@ class TrainOptions:
     encoder_lr_scale: float = 0.3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
-    patience: int = 8  # validations without a better validation Dice
+    patience: int | None = None  # validations without a better validation Dice (None: default_patience)
     val_every: int | None = None  # optimizer steps between validations (None: auto_val_every)
     min_steps: int = 0  # early stopping waits for this many steps ...
     min_progress: float = 0.5  # ... and this share of the budget (steps or time)
@@ -195,6 +199,24 @@ class BudgetSchedule:
         return self.optimizer.param_groups[-1]["lr"]
 
 
+def default_image_size(device: torch.device) -> tuple[int, str]:
+    """(training input size, why) for a model whose size nobody chose: CPU_IMAGE_SIZE on a CPU, where a step
+    at the model's full size costs about 3.8 times as much and a short budget gains more from the extra
+    steps than from the extra pixels (docs/ACCURACY.md); the model's full size on a GPU."""
+    full = TMCAConfig().image_size
+    if device.type == "cpu":
+        return CPU_IMAGE_SIZE, (f"image size {CPU_IMAGE_SIZE} px, the default on a CPU (a {full} px step costs about 3.8 times "
+                                f"as much); pass --image-size {full} to train at full size")
+    return full, f"image size {full} px on {device.type}"
+
+
+def default_patience(val_items: int) -> int | None:
+    """DEFAULT_PATIENCE validations, or None (no early stopping: the whole budget is trained and the
+    learning rate reaches its floor) with fewer than MIN_VAL_ITEMS_TO_STOP validation items, whose Dice
+    swings by more than the models differ: on one real MRI slice, 0.6 to 0.8 between validations."""
+    return DEFAULT_PATIENCE if val_items >= MIN_VAL_ITEMS_TO_STOP else None
+
+
 def default_batch_size(items: int) -> int:
     """DEFAULT_BATCH_SIZE, but at most a sixth of the training items (at least 2), so that a small dataset
     still gives several optimizer steps per pass and each step costs little on a CPU."""
@@ -257,6 +279,13 @@ class Trainer:
         if options.batch_size is None:
             options.batch_size = default_batch_size(len(train_set))
             log.info("batch size %d for %d training items", options.batch_size, len(train_set))
+        self.early_stopping_note: str | None = None
+        if options.patience is None:
+            options.patience = default_patience(len(val_set))
+            if options.patience is None:
+                self.early_stopping_note = (f"early stopping off: {len(val_set)} validation item(s) are too few to tell when the model "
+                                            f"stops improving (at least {MIN_VAL_ITEMS_TO_STOP}); training the whole budget, "
+                                            "pass --patience N to stop earlier")
         self.best_dice, self.step, self.stale_validations, self.validations, self.time_start = -1.0, 0, 0, 0, 0.0
         if options.resume:
             self._resume()
@@ -340,6 +369,8 @@ class Trainer:
     def _may_stop_early(self, progress: float) -> bool:
         """Patience spent, and both the minimum steps and the minimum share of the budget reached."""
         options = self.options
+        if options.patience is None:
+            return False
         return self.stale_validations >= options.patience and self.step >= options.min_steps and progress >= options.min_progress
 
     def _total_estimate(self, progress: float) -> int:

@@ -1,4 +1,5 @@
-"""Training augmentation: native-resolution crops keep the pixel scale, flips only without side words, colour jitter."""
+"""Training augmentation: native-resolution crops keep the pixel scale, flips only without side words (mirroring
+with the sides swapped with them), colour jitter."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from tmca.data import SliceDataset, load_samples
-from tmca.data.augment import Augmentation, choose_large_images, names_position, native_crop, plan_augmentation
+from tmca.data.augment import Augmentation, choose_large_images, names_position, native_crop, plan_augmentation, swap_sides
 
 
 def _dataset(folder: Path, image: np.ndarray, mask: np.ndarray, report: str) -> list:
@@ -98,6 +99,31 @@ def test_flips_only_when_no_report_names_a_side_or_position(tmp_path):
         rows, cols = np.nonzero(dataset[0]["mask"][0].numpy())
         quadrants.add((rows.mean() < 32, cols.mean() < 32))
     assert len(quadrants) >= 3  # flipped and rotated into other corners
+
+
+def test_swap_sides_exchanges_left_and_right_and_keeps_case():
+    assert swap_sides("Left lower lobe nodule; right-sided effusion. LEFT apex.") == "Right lower lobe nodule; left-sided effusion. RIGHT apex."
+    assert swap_sides("Bilateral infiltrates, upper zones.") == "Bilateral infiltrates, upper zones."
+    assert swap_sides("Bright spot, leftover clip.") == "Bright spot, leftover clip."
+
+
+def test_sided_reports_mirror_the_image_with_the_sides_swapped(tmp_path):
+    sided = plan_augmentation(["Mass in the right lobe.", "Cyst at the apex."])
+    assert sided.mirror and not sided.flips and "'left' and 'right' swapped" in sided.describe()
+    assert not plan_augmentation(["Mass in the right lobe."], plane="sagittal").mirror  # its horizontal axis is front to back
+    assert not plan_augmentation(["Glands."]).mirror  # free flips instead
+
+    image = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[24:40, 4:20] = 255  # a patient's right lung lies on the image's left
+    dataset = SliceDataset(_dataset(tmp_path / "sided", image, mask, "Nodule in the right lung."), image_size=64, augment=True, seed=2)
+    seen = set()
+    for _ in range(40):
+        item = dataset[0]
+        on_image_left = np.nonzero(item["mask"][0].numpy())[1].mean() < 32
+        assert item["report"] == ("Nodule in the right lung." if on_image_left else "Nodule in the left lung.")
+        seen.add(on_image_left)
+    assert seen == {True, False}
 
 
 def test_colour_jitter_gives_grey_images_colour_casts_and_keeps_shapes():

@@ -14,6 +14,7 @@ from openpyxl import Workbook
 from PIL import Image
 
 from tmca.data import SliceDataset, load_samples
+from tmca.data.augment import swap_sides
 from tmca.errors import TMCAError
 
 
@@ -222,7 +223,7 @@ def test_slice_dataset_2d_shapes_ranges_and_rgb(tmp_path, lvit_root):
         assert item["image"].dtype == item["mask"].dtype == torch.float32
         assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
         assert set(item["mask"].unique().tolist()) == {0.0, 1.0}
-        assert item["report"] == samples[index].report
+        assert item["report"] in (samples[index].report, swap_sides(samples[index].report))  # mirrored with the sides swapped
     rgb = np.zeros((32, 32, 3), dtype=np.uint8)
     rgb[..., 0] = np.arange(32, dtype=np.uint8)[None, :] * 8  # red ramp
     rgb[..., 1] = 100
@@ -295,7 +296,7 @@ def test_reports_of_one_scan_share_its_image_and_show_each_other_target_slices(t
     assert len(dataset._cache._entries) == 3  # one cached image for both reports, and two masks
 
 
-def test_augmentation_never_flips_left_right_or_up_down(tmp_path):
+def test_augmentation_never_flips_up_down_and_mirrors_only_with_the_sides_swapped(tmp_path):
     image = np.zeros((64, 64), dtype=np.uint8)
     image[:, 48:] = 255  # bright band on the image's right
     mask = np.zeros((64, 64), dtype=np.uint8)
@@ -304,12 +305,17 @@ def test_augmentation_never_flips_left_right_or_up_down(tmp_path):
     _png(tmp_path / "mask" / "x.png", mask)
     _write_csv(tmp_path / "manifest.csv", ["image", "mask", "report"], [["img/x.png", "mask/x.png", "Target in the upper left lung."]])
     dataset = SliceDataset(load_samples(tmp_path, "csv", "all").samples, image_size=64, augment=True, seed=1)
-    changed = 0
+    changed, mirrored = 0, 0
     for _ in range(40):
         item = dataset[0]
         rows, cols = np.nonzero(item["mask"][0].numpy())
-        assert cols.mean() > 36 and rows.mean() < 24
         brightness = item["image"][0].numpy()
-        assert brightness[:, 48:].mean() > brightness[:, :16].mean() + 0.5
+        assert rows.mean() < 24  # "upper" stays true
+        if item["report"] == "Target in the upper left lung.":
+            assert cols.mean() > 36 and brightness[:, 48:].mean() > brightness[:, :16].mean() + 0.5
+        else:
+            assert item["report"] == "Target in the upper right lung."
+            assert cols.mean() < 28 and brightness[:, :16].mean() > brightness[:, 48:].mean() + 0.5
+            mirrored += 1
         changed += not np.array_equal(item["mask"][0].numpy() > 0, mask > 0)
-    assert changed > 10  # the augmentation does move things
+    assert changed > 10 and 5 < mirrored < 35  # the augmentation does move things

@@ -127,6 +127,23 @@ def test_unet_ablation_trains_saves_segments_and_evaluates(dataset, config_file,
     assert json.loads(scores.read_text())["n"] > 0
 
 
+def test_image_size_is_128_on_a_cpu_unless_chosen(dataset, tmp_path, capsys):
+    import torch
+    import yaml
+
+    from tmca.training import default_image_size
+
+    unsized = tmp_path / "unsized.yaml"
+    unsized.write_text(yaml.safe_dump({"model": {k: v for k, v in TINY_MODEL.items() if k != "image_size"}, "train": {"warmup_steps": 2}}))
+    assert _train(dataset, unsized, tmp_path / "cpu", "--steps", "1") == 0
+    assert load_checkpoint(tmp_path / "cpu" / "last")[0].config.image_size == 128
+    assert "image size 128 px, the default on a CPU" in capsys.readouterr().err
+    assert _train(dataset, unsized, tmp_path / "chosen", "--steps", "1", "--image-size", "96") == 0
+    assert load_checkpoint(tmp_path / "chosen" / "last")[0].config.image_size == 96
+    assert "the default on a CPU" not in capsys.readouterr().err
+    assert default_image_size(torch.device("cuda"))[0] == 224
+
+
 def test_bad_training_input_is_one_clear_error(tmp_path, config_file, capsys):
     code = main(["train", "--data", str(tmp_path / "none"), "--format", "lvit", "--output", str(tmp_path / "run"), "--config", str(config_file)])
     assert code != 0

@@ -119,3 +119,17 @@ def test_validation_interval_and_budget_defaults():
         TrainOptions(**base, epochs=3, max_steps=10).check()
     with pytest.raises(TMCAError, match="val_every must be at least 1"):
         TrainOptions(**base, val_every=0).check()
+
+
+def test_a_tiny_validation_set_trains_the_whole_budget_unless_patience_is_given(tmp_path):
+    summary, _ = _fit(tmp_path / "default", FALLING, max_steps=20, val_every=2, min_progress=0.0)
+    assert summary["stopped_by"] == "steps" and summary["steps"] == 20  # 2 validation items: no early stopping
+    summary, _ = _fit(tmp_path / "asked", FALLING, max_steps=20, val_every=2, min_progress=0.0, patience=2)
+    assert summary["stopped_by"] == "early stopping"
+
+
+def test_default_patience_needs_enough_validation_items():
+    from tmca.training import DEFAULT_PATIENCE, MIN_VAL_ITEMS_TO_STOP, default_patience
+
+    assert default_patience(MIN_VAL_ITEMS_TO_STOP) == DEFAULT_PATIENCE
+    assert default_patience(MIN_VAL_ITEMS_TO_STOP - 1) is None

@@ -43,7 +43,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, help="optimizer steps to train (instead of --epochs)")
     parser.add_argument("--batch-size", type=int, help="slices per optimizer step (default 16, at most a sixth of the training "
                         "items, at least 2)")
-    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--image-size", type=int, help="training input size, a multiple of 32 (default: 128 on a CPU, 224 on a GPU)")
     parser.add_argument("--lr", type=float)
     add_device(parser, default=None)
     parser.add_argument("--seed", type=int)
@@ -67,7 +67,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "schedule ends near it")
     parser.add_argument("--val-every", type=int, help="optimizer steps between validations (default: once an epoch, at least 50 "
                         "steps apart)")
-    parser.add_argument("--patience", type=int, help="early stopping: validations without a better validation Dice (default 8)")
+    parser.add_argument("--patience", type=int, help="early stopping: validations without a better validation Dice (default 8; "
+                        "with fewer than 5 validation items no early stopping)")
     parser.add_argument("--min-steps", type=int, help="early stopping waits for at least this many optimizer steps (default 0)")
     parser.add_argument("--min-progress", type=float, help="early stopping waits for this share of the budget, steps or time "
                         "(default 0.5)")
@@ -125,6 +126,17 @@ def build_options(args: argparse.Namespace):
     options = TrainOptions(data=str(args.data), format=args.format, output=str(args.output), resume=args.resume, model=model, **train)
     options.check()
     return options
+
+
+def _image_size(options: TrainOptions) -> None:
+    """The training input size: the user's choice (--image-size or the YAML), else by the device
+    (:func:`tmca.training.default_image_size`); says why on stderr."""
+    from tmca.devices import resolve_device
+    from tmca.training import default_image_size
+
+    if "image_size" not in options.model:
+        options.model["image_size"], why = default_image_size(resolve_device(options.device))
+        _tell(why)
 
 
 def _large_images(options: TrainOptions, train_samples: list[Sample], config: TMCAConfig) -> str:
@@ -193,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
 
         config = TMCAConfig.from_saved(read_checkpoint_config(args.output / "last")["model"])
     else:
+        _image_size(options)
         config = TMCAConfig.from_dict(options.model)
         config.large_images = options.model["large_images"] = _large_images(options, train_samples, config)
     common = dict(image_size=config.image_size, modality=config.modality, intensity_policy=config.intensity_policy or None,
@@ -203,8 +216,9 @@ def run(args: argparse.Namespace) -> int:
     progress = make_progress(args.progress)
     try:
         trainer = Trainer(options, train_set, val_set, progress)
-        if trainer.started_from:
-            _tell(trainer.started_from)
+        for line in (trainer.started_from, trainer.early_stopping_note):
+            if line:
+                _tell(line)
         summary = trainer.fit()
     finally:
         progress.close()

@@ -2,6 +2,8 @@
 
 - **Flips and 90-degree rotations** only when no report of the dataset names a side or a position
   (:func:`names_position`): "left", "upper", "anterior", ... must stay true of the augmented image.
+  When reports do, axial and coronal slices are still mirrored left to right with "left" and "right"
+  swapped in the report (:func:`swap_sides`), so the words stay true and every case teaches both sides.
 - **Native-resolution crops** when the model tiles large slices (``large_images="tile"``): each item
   is an ``image_size`` window of the slice at its own pixel scale, usually one that contains target
   (:func:`native_crop`), instead of the whole slice squeezed to ``image_size``. ``tmca train``
@@ -41,6 +43,8 @@ POSITION_WORDS = tuple(sorted({*SIDES, *ZONES} - {"middle"} | {
     "basal", "cranial", "caudal", "dorsal", "ventral", "frontal", "occipital",
 }))  # fmt: skip
 _POSITION = re.compile(r"\b(?:" + "|".join(POSITION_WORDS) + r")\b", re.IGNORECASE)
+_SIDE_WORD = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+MIRROR_PLANES = ("axial", "coronal")  # planes whose horizontal axis runs from one side of the patient to the other
 
 
 def names_position(report: str) -> bool:
@@ -48,12 +52,25 @@ def names_position(report: str) -> bool:
     return stated_laterality(report) is not None or _POSITION.search(report) is not None
 
 
+def swap_sides(report: str) -> str:
+    """``report`` with "left" and "right" exchanged, keeping their case: the report of the mirrored image."""
+
+    def swap(match: re.Match) -> str:
+        word = match.group(0)
+        other = "right" if word.lower() == "left" else "left"
+        return other.upper() if word.isupper() and len(word) > 1 else other.capitalize() if word[0].isupper() else other
+
+    return _SIDE_WORD.sub(swap, report)
+
+
 @dataclass
 class AugmentationPlan:
     """Which augmentations a training set gets, and why.
 
     ``flips``: flips and 90-degree rotations (False when ``positional_reports`` of ``reports`` name a
-    side or position); ``crops``: native-resolution crops of ``crop_size`` (the model tiles large slices).
+    side or position); ``mirror``: without flips, left-right mirroring with the side words swapped in
+    the report (slices of a plane in MIRROR_PLANES); ``crops``: native-resolution crops of ``crop_size``
+    (the model tiles large slices).
     """
 
     flips: bool
@@ -61,6 +78,7 @@ class AugmentationPlan:
     reports: int
     crops: bool = False
     crop_size: int = 0
+    mirror: bool = False
 
     @property
     def rotation_degrees(self) -> float:
@@ -73,6 +91,8 @@ class AugmentationPlan:
             on.append(f"native-resolution {self.crop_size}-px crops (large_images=tile)")
         if self.flips:
             on.append("flips and 90-degree rotations")
+        if self.mirror:
+            on.append("left-right mirroring with 'left' and 'right' swapped in the report")
         on += [f"rotation +-{self.rotation_degrees:g} degrees", f"scale +-{100 * SCALE_RANGE:g} %", "intensity and contrast",
                "noise", "colour jitter on 3-channel images"]
         text = "augmentation: " + ", ".join(on)
@@ -84,10 +104,12 @@ class AugmentationPlan:
         return text
 
 
-def plan_augmentation(reports: Sequence[str], crops: bool = False, crop_size: int = 0) -> AugmentationPlan:
-    """The plan for a training set with these ``reports`` (flips only when none names a side or position)."""
+def plan_augmentation(reports: Sequence[str], crops: bool = False, crop_size: int = 0, plane: str = "axial") -> AugmentationPlan:
+    """The plan for a training set with these ``reports`` of ``plane`` slices (flips only when none names a
+    side or position; otherwise mirroring with the side words swapped, on axial and coronal slices)."""
     positional = sum(names_position(report) for report in reports)
-    return AugmentationPlan(flips=positional == 0, positional_reports=positional, reports=len(reports), crops=crops, crop_size=crop_size)
+    return AugmentationPlan(flips=positional == 0, positional_reports=positional, reports=len(reports), crops=crops, crop_size=crop_size,
+                            mirror=positional > 0 and plane in MIRROR_PLANES)
 
 
 def choose_large_images(samples: Sequence[Sample], image_size: int, plane: str = "axial") -> tuple[str, str]:
@@ -168,8 +190,9 @@ def native_crop(image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.G
 
 
 class Augmentation:
-    """Random transforms of ``{"image": (C, S, S) in [0, 1], "mask": (1, S, S) in {0, 1}}`` by an
-    :class:`AugmentationPlan`; returns float tensors, the image clamped to [0, 1], the mask binary.
+    """Random transforms of ``{"image": (C, S, S) in [0, 1], "mask": (1, S, S) in {0, 1}, "report": str}``
+    (the report optional) by an :class:`AugmentationPlan`; returns float tensors, the image clamped to
+    [0, 1], the mask binary, and the report, its sides swapped when the plan mirrored the image.
 
     Seed with :meth:`set_random_state` (SliceDataset does, per process) for repeatable runs.
     """
@@ -207,12 +230,17 @@ class Augmentation:
         self.transforms.set_random_state(seed=seed)
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = self.transforms({"image": data["image"], "mask": data["mask"]})
+    def __call__(self, data: dict) -> dict:
+        image, mask, report = data["image"], data["mask"], data.get("report")
+        if self.plan.mirror and self.rng.random() < 0.5:
+            image, mask = image.flip(-1), mask.flip(-1)
+            report = None if report is None else swap_sides(report)
+        out = self.transforms({"image": image, "mask": mask})
         image = out["image"].as_subclass(torch.Tensor).float()
         if image.shape[0] == 3:
             image = colour_jitter(image, self.rng)
-        return {"image": image.clamp(0.0, 1.0), "mask": (out["mask"].as_subclass(torch.Tensor) > 0.5).float()}
+        result = {"image": image.clamp(0.0, 1.0), "mask": (out["mask"].as_subclass(torch.Tensor) > 0.5).float()}
+        return result if report is None else {**result, "report": report}
 
 
 def colour_jitter(image: torch.Tensor, rng: np.random.Generator, probability: float = 0.8) -> torch.Tensor:

@@ -458,7 +458,8 @@ class SliceDataset(torch.utils.data.Dataset):
     S x S window of the slice at its native resolution (:func:`tmca.data.augment.native_crop`, usually
     one with target) and :meth:`native_item` gives the whole slice (validation). ``augment`` adds the
     transforms of :mod:`tmca.data.augment` (flips and 90-degree rotations only when no report names a
-    side or position; :attr:`augmentation` says what is on). Randomness is seeded by ``seed`` and
+    side or position, else left-right mirroring with the report's sides swapped; :attr:`augmentation`
+    says what is on). Randomness is seeded by ``seed`` and
     ``torch.initial_seed()`` (so DataLoader workers differ and seeded runs repeat).
     """
 
@@ -494,7 +495,7 @@ class SliceDataset(torch.utils.data.Dataset):
             by_image.setdefault(sample.image, []).append(index)
         self._siblings = {index: [j for j in by_image[s.image] if j != index] for index, s in enumerate(self.samples)}
         self._targets: dict[int, np.ndarray] = {}  # sample -> bool (D,) slices with target, kept when its mask is evicted
-        self.augmentation = plan_augmentation([s.report for s in self.samples], self.tiles, image_size) if augment else None
+        self.augmentation = plan_augmentation([s.report for s in self.samples], self.tiles, image_size, check_plane(plane)) if augment else None
         self._transforms = Augmentation(self.augmentation) if self.augmentation else None
         if self.augmentation:
             log.info("%s", self.augmentation.describe())
@@ -513,10 +514,8 @@ class SliceDataset(torch.utils.data.Dataset):
             image, mask = native_crop(image, mask, self.image_size, rng)
         image_t = model_input(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], self.image_size)[0]
         mask_t = (model_input(torch.from_numpy(mask.astype(np.float32))[None], self.image_size)[0] >= 0.5).float()
-        if self._transforms is not None:
-            out = self._transforms({"image": image_t, "mask": mask_t})
-            image_t, mask_t = out["image"], out["mask"]
-        return {"image": image_t, "mask": mask_t, "report": self.samples[sample_index].report}
+        item = {"image": image_t, "mask": mask_t, "report": self.samples[sample_index].report}
+        return item if self._transforms is None else self._transforms(item)
 
     def native_item(self, index: int) -> dict[str, Any]:
         """Item ``index`` as the whole slice at its native resolution, not augmented:

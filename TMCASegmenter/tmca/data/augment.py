@@ -58,7 +58,7 @@ def swap_sides(report: str) -> str:
     def swap(match: re.Match) -> str:
         word = match.group(0)
         other = "right" if word.lower() == "left" else "left"
-        return other.upper() if word.isupper() and len(word) > 1 else other.capitalize() if word[0].isupper() else other
+        return other.upper() if word.isupper() else other.capitalize() if word[0].isupper() else other
 
     return _SIDE_WORD.sub(swap, report)
 

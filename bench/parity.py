@@ -47,6 +47,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from tmca.atomic import atomic_path, write_text_atomic
+from tmca.checkpoint import read_checkpoint_config
 from tmca.commands.train import ABLATIONS
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -181,7 +182,7 @@ def rows_for(args: argparse.Namespace, data: DataSet) -> list[dict]:
     rows = []
     for model, summary in summaries.items():
         run = args.out / "runs" / data.name / model
-        trained = json.loads((run / "best" / "config.json").read_text())["model"]
+        trained = read_checkpoint_config(run / "best")["model"]
         batch = json.loads((run / "options.json").read_text())["batch_size"]
         correct, shuffled = score(args, data, model, False), score(args, data, model, True)
         subset = data.subset & {case["case"] for case in correct["cases"]}

@@ -201,12 +201,13 @@ class BudgetSchedule:
 
 def default_image_size(device: torch.device) -> tuple[int, str]:
     """(training input size, why) for a model whose size nobody chose: CPU_IMAGE_SIZE on a CPU, where a step
-    at the model's full size costs about 3.8 times as much and a short budget gains more from the extra
-    steps than from the extra pixels (docs/ACCURACY.md); the model's full size on a GPU."""
+    at the model's full size costs several times as much (3.8 on the development machine) and a short
+    budget gains more from the extra steps than from the extra pixels (docs/ACCURACY.md); the model's
+    full size on a GPU."""
     full = TMCAConfig().image_size
     if device.type == "cpu":
-        return CPU_IMAGE_SIZE, (f"image size {CPU_IMAGE_SIZE} px, the default on a CPU (a {full} px step costs about 3.8 times "
-                                f"as much); pass --image-size {full} to train at full size")
+        return CPU_IMAGE_SIZE, (f"image size {CPU_IMAGE_SIZE} px, the default on a CPU (a {full} px step has "
+                                f"{(full / CPU_IMAGE_SIZE) ** 2:.0f} times the pixels); pass --image-size {full} to train at full size")
     return full, f"image size {full} px on {device.type}"
 
 
